@@ -1,0 +1,1 @@
+"""Tests that run inside a real Home Assistant (Python 3.14 environment)."""
