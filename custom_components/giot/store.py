@@ -1,0 +1,426 @@
+"""The hub's own store of token windows for local training, and of the detector's state.
+
+Windows are raw behaviour of the home, so they are kept on the hub only (under
+``.storage/giot/``), bounded per device and in total, and dropped after a retention period. Every
+file is replaced atomically (temporary file, fsync, ``os.replace``), so a crash or a full disk
+leaves the previous version in place; a failed write is counted and reported through ``stats`` and
+``disk_full`` so the coordinator can raise a repair instead of failing silently (Home Assistant's
+``Store`` logs write errors and swallows them, which is why these files are written here).
+"""
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
+from homeassistant.helpers.event import async_call_later
+
+from .const import DOMAIN, LOGGER
+
+WINDOW_SUFFIX = ".npz"
+DETECTOR_FILE = "detector_state.json"
+DAY_S = 86400.0
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """What the store holds and what went wrong writing it."""
+
+    windows: int = 0
+    devices: int = 0
+    added: int = 0
+    dropped_retention: int = 0
+    dropped_bound: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    writes: int = 0
+    write_errors: int = 0
+    disk_full_errors: int = 0
+    corrupt_files: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for diagnostics."""
+        return {
+            "windows": self.windows,
+            "devices": self.devices,
+            "added": self.added,
+            "dropped_retention": self.dropped_retention,
+            "dropped_bound": self.dropped_bound,
+            "rejected": dict(self.rejected),
+            "writes": self.writes,
+            "write_errors": self.write_errors,
+            "disk_full_errors": self.disk_full_errors,
+            "corrupt_files": self.corrupt_files,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(slots=True)
+class _DeviceWindows:
+    """One device's windows; arrays are replaced, never changed in place, so writers can share."""
+
+    windows: np.ndarray  # (N, T) int32 token ids
+    ts: np.ndarray  # (N,) float64 epoch seconds, oldest first
+
+
+def _write_arrays(handle: IO[bytes], *, arrays: Mapping[str, np.ndarray]) -> None:
+    """Serialise arrays into an open file (the step a full disk makes fail)."""
+    np.savez(handle, allow_pickle=False, **arrays)
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` all or nothing: a temporary file beside it, fsync, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _file_name(key: str) -> str:
+    # Keys may be device ids or addresses ("mac:aa:bb:..."): hash them into safe, fixed names.
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + WINDOW_SUFFIX
+
+
+def _now() -> float:
+    return time.time()
+
+
+class WindowStore:
+    """Bounded, persistent per-device store of token windows plus the detector's saved state."""
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        *,
+        max_windows_per_device: int = 2000,
+        max_windows_total: int = 20000,
+        retention_days: float = 30.0,
+        save_delay_s: float = 60.0,
+        directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Keep the limits; nothing is read until ``async_load``."""
+        self.hass = hass
+        self.max_windows_per_device = max(1, max_windows_per_device)
+        self.max_windows_total = max(1, max_windows_total)
+        self.retention_days = retention_days
+        self.save_delay_s = save_delay_s
+        self.directory = Path(directory or hass.config.path(".storage", DOMAIN))
+        self.windows_dir = self.directory / "windows"
+        self._devices: dict[str, _DeviceWindows] = {}
+        self._dirty: set[str] = set()
+        self._stats = StoreStats()
+        self._disk_full = False
+        self._cancel_save: CALLBACK_TYPE | None = None
+
+    # -- status -------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> StoreStats:
+        """Counters for diagnostics (current sizes refreshed on read)."""
+        self._stats.devices = len(self._devices)
+        self._stats.windows = self.total_windows
+        return self._stats
+
+    @property
+    def disk_full(self) -> bool:
+        """Whether the last write failed for lack of space (cleared by the next good write)."""
+        return self._disk_full
+
+    @property
+    def total_windows(self) -> int:
+        """Windows held, all devices together."""
+        return sum(len(d.ts) for d in self._devices.values())
+
+    def devices(self) -> list[str]:
+        """Keys of the devices that have windows."""
+        return list(self._devices)
+
+    def windows(self, key: str) -> np.ndarray:
+        """One device's windows, oldest first (an empty (0, 0) array for an unknown device)."""
+        entry = self._devices.get(key)
+        return entry.windows if entry is not None else np.zeros((0, 0), np.int32)
+
+    def timestamps(self, key: str) -> np.ndarray:
+        """When each of one device's windows was taken, oldest first."""
+        entry = self._devices.get(key)
+        return entry.ts if entry is not None else np.zeros(0, np.float64)
+
+    def all_windows(self, width: int | None = None) -> np.ndarray:
+        """Every window of the given width (default: the most common), for one training run."""
+        by_width = Counter[int]()
+        for entry in self._devices.values():
+            by_width[entry.windows.shape[1]] += len(entry.ts)
+        if width is None:
+            if not by_width:
+                return np.zeros((0, 0), np.int32)
+            width = by_width.most_common(1)[0][0]
+        parts = [e.windows for e in self._devices.values() if e.windows.shape[1] == width]
+        return np.concatenate(parts) if parts else np.zeros((0, width), np.int32)
+
+    # -- changes ------------------------------------------------------------------------------
+
+    @callback
+    def add(self, key: str, windows: np.ndarray, ts: float | np.ndarray) -> int:
+        """Add windows (N, T) of token ids for one device; return how many were accepted.
+
+        Windows of another width than the device's earlier ones are refused (counted): a
+        changed tokenizer or model context makes the old ones useless, and the coordinator
+        clears the store then.
+        """
+        arr = np.asarray(windows)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] == 0 or not np.issubdtype(arr.dtype, np.integer):
+            self._stats.rejected["bad_shape"] += max(1, len(arr))
+            return 0
+        if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
+            self._stats.rejected["bad_token_id"] += len(arr)
+            return 0
+        stamps = np.broadcast_to(np.asarray(ts, np.float64), (len(arr),)).copy()
+        if not np.all(np.isfinite(stamps)):
+            self._stats.rejected["bad_ts"] += len(arr)
+            return 0
+        entry = self._devices.get(key)
+        if entry is not None and entry.windows.shape[1] != arr.shape[1]:
+            self._stats.rejected["width_mismatch"] += len(arr)
+            return 0
+        arr = arr.astype(np.int32)
+        if entry is not None:
+            arr = np.concatenate([entry.windows, arr])
+            stamps = np.concatenate([entry.ts, stamps])
+        order = np.argsort(stamps, kind="stable")
+        self._devices[key] = _DeviceWindows(arr[order], stamps[order])
+        self._dirty.add(key)
+        self._stats.added += len(stamps) - (0 if entry is None else len(entry.ts))
+        self._enforce(_now())
+        self._schedule_save()
+        return len(order) - (0 if entry is None else len(entry.ts))
+
+    @callback
+    def prune(self, now: float | None = None) -> int:
+        """Apply retention and bounds now; return how many windows were dropped."""
+        before = self.total_windows
+        self._enforce(_now() if now is None else now)
+        dropped = before - self.total_windows
+        if dropped:
+            self._schedule_save()
+        return dropped
+
+    @callback
+    def remove_device(self, key: str) -> None:
+        """Forget one device's windows (its file goes at the next save)."""
+        if self._devices.pop(key, None) is not None:
+            self._dirty.add(key)
+            self._schedule_save()
+
+    @callback
+    def clear(self) -> None:
+        """Forget every window (e.g. after a vocabulary change)."""
+        self._dirty.update(self._devices)
+        self._devices.clear()
+        self._schedule_save()
+
+    def _set(self, key: str, keep: np.ndarray) -> None:
+        entry = self._devices[key]
+        if keep.all():
+            return
+        self._dirty.add(key)
+        if keep.any():
+            self._devices[key] = _DeviceWindows(entry.windows[keep], entry.ts[keep])
+        else:
+            del self._devices[key]
+
+    def _enforce(self, now: float) -> None:
+        cutoff = now - self.retention_days * DAY_S
+        for key in list(self._devices):
+            entry = self._devices[key]
+            old = entry.ts < cutoff
+            self._stats.dropped_retention += int(old.sum())
+            keep = ~old
+            over = int(keep.sum()) - self.max_windows_per_device
+            if over > 0:  # oldest first: ts is sorted, so drop the first survivors
+                keep[np.flatnonzero(keep)[:over]] = False
+                self._stats.dropped_bound += over
+            self._set(key, keep)
+        over = self.total_windows - self.max_windows_total
+        if over <= 0:
+            return
+        keys = list(self._devices)
+        sizes = [len(self._devices[k].ts) for k in keys]
+        stamps = np.concatenate([self._devices[k].ts for k in keys])
+        drop = np.zeros(len(stamps), bool)
+        drop[np.argsort(stamps, kind="stable")[:over]] = True
+        self._stats.dropped_bound += over
+        for key, part in zip(keys, np.split(drop, np.cumsum(sizes)[:-1]), strict=True):
+            self._set(key, ~part)
+
+    # -- persistence --------------------------------------------------------------------------
+
+    async def async_load(self) -> None:
+        """Read the windows saved by an earlier run, then apply retention and bounds."""
+        loaded, corrupt = await self.hass.async_add_executor_job(self._load_files)
+        self._stats.corrupt_files += corrupt
+        self._devices = loaded
+        self._dirty.clear()
+        before = self.total_windows
+        self._enforce(_now())
+        if self.total_windows != before:
+            await self.async_save()
+
+    def _load_files(self) -> tuple[dict[str, _DeviceWindows], int]:
+        devices: dict[str, _DeviceWindows] = {}
+        corrupt = 0
+        if not self.windows_dir.is_dir():
+            return devices, corrupt
+        for path in sorted(self.windows_dir.iterdir()):
+            if path.name.endswith(".tmp"):  # left by a crash mid-write; the real file is intact
+                path.unlink(missing_ok=True)
+                continue
+            if path.suffix != WINDOW_SUFFIX:
+                continue
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    key = str(data["key"])
+                    windows = np.asarray(data["windows"], np.int32)
+                    ts = np.asarray(data["ts"], np.float64)
+                if windows.ndim != 2 or ts.shape != (len(windows),) or path.name != _file_name(key):
+                    raise ValueError("inconsistent window file")
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+                LOGGER.warning("Ignoring unreadable GIoT window file %s: %s", path.name, err)
+                corrupt += 1
+                continue
+            if len(ts):
+                order = np.argsort(ts, kind="stable")
+                devices[key] = _DeviceWindows(windows[order], ts[order])
+        return devices, corrupt
+
+    @callback
+    def _schedule_save(self) -> None:
+        if self._cancel_save is not None or self.save_delay_s <= 0:
+            return
+
+        async def _save(_now: Any) -> None:
+            self._cancel_save = None
+            await self.async_save()
+
+        self._cancel_save = async_call_later(self.hass, self.save_delay_s, _save)
+
+    async def async_save(self) -> bool:
+        """Write every changed device file now; False (and counted) if a write failed."""
+        if self._cancel_save is not None:
+            self._cancel_save()
+            self._cancel_save = None
+        if not self._dirty:
+            return True
+        dirty, self._dirty = self._dirty, set()
+        jobs = {key: self._devices.get(key) for key in dirty}
+        errors = await self.hass.async_add_executor_job(self._write_devices, jobs)
+        for err in errors.values():
+            self._record_error(err)
+        if len(errors) < len(jobs):
+            self._record_success(len(jobs) - len(errors))
+        self._dirty.update(errors)  # retried at the next save
+        return not errors
+
+    def _write_devices(self, jobs: Mapping[str, _DeviceWindows | None]) -> dict[str, OSError]:
+        """Executor side: write or delete each file; the errors go back to the event loop."""
+        errors: dict[str, OSError] = {}
+        for key, entry in jobs.items():
+            path = self.windows_dir / _file_name(key)
+            try:
+                if entry is None:
+                    path.unlink(missing_ok=True)
+                    continue
+                arrays = {"key": np.array(key), "windows": entry.windows, "ts": entry.ts}
+                _atomic_write(path, partial(_write_arrays, arrays=arrays))
+            except OSError as err:
+                errors[key] = err
+        return errors
+
+    def _record_error(self, err: OSError) -> None:
+        self._stats.write_errors += 1
+        self._stats.last_error = f"{errno.errorcode.get(err.errno or 0, 'OSError')}: {err}"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._stats.disk_full_errors += 1
+            self._disk_full = True
+        LOGGER.error("GIoT could not write its local store: %s", err)
+
+    def _record_success(self, count: int = 1) -> None:
+        self._stats.writes += count
+        self._disk_full = False
+
+    async def async_save_detector_state(self, state: Mapping[str, object]) -> bool:
+        """Persist the detector's ``state_dict()`` (JSON values); False if the write failed."""
+        text = json.dumps(state, default=_json_default, separators=(",", ":"))
+        data = text.encode()
+        path = self.directory / DETECTOR_FILE
+        err = await self.hass.async_add_executor_job(_write_bytes, path, data)
+        if err is not None:
+            self._record_error(err)
+            return False
+        self._record_success()
+        return True
+
+    async def async_load_detector_state(self) -> dict[str, object] | None:
+        """Read the detector state saved last: None where there is none or it is unreadable."""
+        path = self.directory / DETECTOR_FILE
+
+        def _read() -> dict[str, object] | None:
+            try:
+                value = json.loads(path.read_bytes())
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError) as err:
+                LOGGER.warning("Ignoring unreadable GIoT detector state: %s", err)
+                return {}
+            return value if isinstance(value, dict) else {}
+
+        state = await self.hass.async_add_executor_job(_read)
+        if state == {}:
+            self._stats.corrupt_files += 1
+            return None
+        return state
+
+    async def async_close(self) -> None:
+        """Flush pending changes (on unload)."""
+        await self.async_save()
+
+
+def _write_bytes(path: Path, data: bytes) -> OSError | None:
+    """Executor side: write one file atomically; the error, if any, goes back to the loop."""
+    try:
+        _atomic_write(path, partial(_write_json, data=data))
+    except OSError as err:
+        return err
+    return None
+
+
+def _write_json(handle: IO[bytes], *, data: bytes) -> None:
+    handle.write(data)
+
+
+def _json_default(value: object) -> object:
+    # The detector's state is plain data; numpy scalars or arrays that slip in become plain too.
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
