@@ -228,7 +228,10 @@ def _junk(line: str) -> str | None:
 def _split(line: str, schema: ZeekSchema) -> list[str]:
     sep = schema.separator
     if sep == "," and '"' in line:
-        return next(csv.reader([line]), [])
+        try:
+            return next(csv.reader([line]), [])
+        except csv.Error:  # e.g. a newline inside an unquoted field: a wrong line, not a crash
+            return []
     fields = line.split(sep)
     if len(fields) != len(schema.fields) and sep == "\t" and "   " in line:
         fields = _QUIRK_RE.split(line)
