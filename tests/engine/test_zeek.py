@@ -570,6 +570,6 @@ def test_real_iot23_csv_and_zeek_agree_field_by_field() -> None:
 def test_embedded_newline_with_quote_is_rejected_not_crashed() -> None:
     """A line holding a newline and a quote (found by hypothesis) is counted as a bad line."""
     stats = ParseStats()
-    rows = list(iter_flow_rows(["\n\""], stats))
+    rows = list(iter_flow_rows(['\n"'], stats))
     assert stats.rejected.get("internal_error", 0) == 0
     assert stats.accepted + stats.total_rejected == len(rows) == 1
