@@ -1,0 +1,697 @@
+"""GIoT: a compact causal transformer with the GPT-2 architecture, in numpy (forward and backward).
+
+The math is that of transformers' ``GPT2LMHeadModel`` (learned positions, pre-LN blocks, gelu_new,
+causal attention scaled by 1/sqrt(head_dim), final ln_f, LM head tied to ``wte``, Conv1D weights
+stored [in, out]) so that one set of weights runs here, in torch and in ONNX Runtime, and so that a
+saved directory loads with ``AutoModelForCausalLM.from_pretrained``. Inside Home Assistant only
+numpy exists, hence the hand-written backward pass and the tiny safetensors codec.
+
+Two forward paths share the weights: ``_forward`` keeps what the backward pass needs (training,
+``logits``); ``score_append`` is the detector's hot path (``token_nll`` uses it too): each token
+is computed once against a KV cache of its device's context, devices are batched into one GEMM,
+LayerNorm affines and the attention scale are folded into GEMM weights, the key bias (which
+cancels in the softmax) is dropped and the value bias moves behind the projection, exp() is
+exp2() on base-2 scores (twice as fast in numpy), reusable work buffers avoid page faults, and
+the LM head runs only on rows whose prediction is scored. Same math, float32 rounding aside.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.integer[Any]]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_K = _GELU_C * 0.044715
+_LOG2E = 1.0 / math.log(2.0)
+_EXP_SAFE = 85.0  # |logit| + log(V) below this: a float32 sum of exp() neither overflows nor hits 0
+_CHUNK_TOKENS = 1024  # rows per scoring chunk: amortises Python overhead, activations stay in L2/L3
+
+
+@dataclass(frozen=True)
+class GIoTConfig:
+    """Hyper-parameters; the subset of ``GPT2Config`` that GIoT varies."""
+
+    vocab_size: int
+    n_positions: int = 64
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        if min(self.vocab_size, self.n_positions, self.n_embd, self.n_layer, self.n_head) < 1:
+            raise ValueError(f"sizes must be positive: {self}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.n_embd // self.n_head
+
+    def to_hf_dict(self) -> dict[str, object]:
+        """Return a ``GPT2Config`` dict that makes transformers build exactly this network."""
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": self.vocab_size,
+            "n_positions": self.n_positions,
+            "n_embd": self.n_embd,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_inner": None,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "initializer_range": 0.02,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            "tie_word_embeddings": True,
+            "use_cache": False,
+            "bos_token_id": None,
+            "eos_token_id": None,
+            "pad_token_id": None,
+            "dtype": "float32",
+        }
+
+    @classmethod
+    def from_hf_dict(cls, d: Mapping[str, object]) -> GIoTConfig:
+        """Read a GPT2Config dict, refusing variants whose math this engine does not implement."""
+        if d.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"not a GPT-2 config: model_type={d.get('model_type')!r}")
+        wanted: dict[str, object] = {
+            "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+            "scale_attn_weights": (True,),
+            "scale_attn_by_inverse_layer_idx": (False,),
+            "tie_word_embeddings": (True,),
+            "add_cross_attention": (False,),
+        }
+        for key, allowed in wanted.items():
+            if key in d and d[key] not in allowed:  # type: ignore[operator]
+                raise ValueError(f"unsupported GPT-2 variant: {key}={d[key]!r}")
+        n_embd = int(d.get("n_embd", 64))  # type: ignore[call-overload]
+        if d.get("n_inner") not in (None, 4 * n_embd):
+            raise ValueError(f"unsupported n_inner {d.get('n_inner')!r}: GIoT uses 4 * n_embd")
+        return cls(
+            vocab_size=int(d["vocab_size"]),  # type: ignore[call-overload]
+            n_positions=int(d.get("n_positions", 64)),  # type: ignore[call-overload]
+            n_embd=n_embd,
+            n_layer=int(d.get("n_layer", 2)),  # type: ignore[call-overload]
+            n_head=int(d.get("n_head", 4)),  # type: ignore[call-overload]
+            layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-5)),  # type: ignore[arg-type]
+        )
+
+
+def param_shapes(config: GIoTConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes exactly as ``GPT2LMHeadModel.state_dict()`` (the tied lm_head left out)."""
+    c, v, p = config.n_embd, config.vocab_size, config.n_positions
+    shapes: dict[str, tuple[int, ...]] = {
+        "transformer.wte.weight": (v, c),
+        "transformer.wpe.weight": (p, c),
+    }
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}."
+        shapes |= {
+            h + "ln_1.weight": (c,), h + "ln_1.bias": (c,),
+            h + "attn.c_attn.weight": (c, 3 * c), h + "attn.c_attn.bias": (3 * c,),
+            h + "attn.c_proj.weight": (c, c), h + "attn.c_proj.bias": (c,),
+            h + "ln_2.weight": (c,), h + "ln_2.bias": (c,),
+            h + "mlp.c_fc.weight": (c, 4 * c), h + "mlp.c_fc.bias": (4 * c,),
+            h + "mlp.c_proj.weight": (4 * c, c), h + "mlp.c_proj.bias": (c,),
+        }  # fmt: skip
+    return shapes | {"transformer.ln_f.weight": (c,), "transformer.ln_f.bias": (c,)}
+
+
+# --------------------------------------------------------------------------- safetensors (F32)
+_ST_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
+
+
+def save_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write the safetensors layout: u64 header length, JSON header, then raw little-endian data."""
+    header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name], dtype="<f4")
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
+        blobs.append(arr.tobytes())
+        offset += arr.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header so the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for blob in blobs:
+            f.write(blob)
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, FloatArray]:
+    """Read a safetensors file (F32/F64/F16/BF16/ints), returning float32 arrays."""
+    data = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    body = memoryview(data)[8 + n :]
+    out: dict[str, FloatArray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            bits = np.frombuffer(body[start:end], dtype="<u2").astype(np.uint32) << 16
+            arr = bits.view(np.float32)
+        elif info["dtype"] in _ST_DTYPES:
+            arr = np.frombuffer(body[start:end], dtype=_ST_DTYPES[info["dtype"]])
+        else:
+            raise ValueError(f"{path}: unsupported dtype {info['dtype']} for {name}")
+        out[name] = arr.astype(np.float32).reshape(info["shape"])
+    return out
+
+
+# --------------------------------------------------------------------------- building blocks
+def _buf(scratch: dict[str, FloatArray], name: str, *shape: int) -> FloatArray:
+    """Return a reusable float32 work array: fresh big arrays per op cost page faults (~30%)."""
+    n = math.prod(shape)
+    buf = scratch.get(name)
+    if buf is None or buf.size < n:
+        buf = scratch[name] = np.empty(n, np.float32)
+    return buf[:n].reshape(shape)
+
+
+def _layernorm(
+    x: FloatArray, eps: float, out: FloatArray | None = None
+) -> tuple[FloatArray, FloatArray]:
+    """Normalise rows of a 2-D array; returns (xhat, 1/std) for the affine and the backward."""
+    c = x.shape[1]
+    mean = x @ np.full(c, 1.0 / c, np.float32)  # GEMV: 7x faster than x.mean(axis=1) on short rows
+    xc = np.subtract(x, mean[:, None], out=out)
+    rstd = np.einsum("ij,ij->i", xc, xc)
+    rstd *= np.float32(1.0 / c)
+    rstd += np.float32(eps)
+    np.sqrt(rstd, out=rstd)
+    np.reciprocal(rstd, out=rstd)
+    xc *= rstd[:, None]
+    return xc, rstd[:, None]
+
+
+def _layernorm_backward(
+    dy: FloatArray, xhat: FloatArray, rstd: FloatArray, w: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    dxhat = dy * w
+    proj = np.einsum("ij,ij->i", dxhat, xhat)[:, None] / np.float32(xhat.shape[1])
+    dx = rstd * (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * proj)
+    return dx, np.einsum("ij,ij->j", dy, xhat), dy.sum(axis=0)
+
+
+def _gelu(a: FloatArray, out: FloatArray | None = None) -> FloatArray:
+    """Compute gelu_new(a) = 0.5 a (1 + tanh z) as a / (1 + 2^(-2 z log2 e)): exp2 is 2x tanh."""
+    u = np.multiply(a, a, out=out)
+    u *= np.float32(-2 * _LOG2E * _GELU_K)
+    u += np.float32(-2 * _LOG2E * _GELU_C)
+    u *= a
+    with np.errstate(over="ignore"):  # 2^+large = inf gives a / inf = 0, the right limit
+        np.exp2(u, out=u)
+    u += np.float32(1.0)
+    np.divide(a, u, out=u)
+    return u
+
+
+def _gelu_backward(dy: FloatArray, a: FloatArray) -> FloatArray:
+    """Return dy * d gelu_new / da (dy is overwritten): 0.5 (1 + t + a (1 - t^2) dz/da).
+
+    With z = C (a + 0.044715 a^3), t = tanh z and dz/da = C + 3 K a^2; few temporaries, as every
+    fresh large array costs page faults.
+    """
+    t = a * a
+    dz = t * np.float32(3 * _GELU_K)
+    dz += np.float32(_GELU_C)
+    dz *= a
+    t *= np.float32(_GELU_K)
+    t += np.float32(_GELU_C)
+    t *= a
+    np.tanh(t, out=t)
+    dz -= dz * t * t  # a (1 - t^2) dz/da
+    dz += t
+    dz += np.float32(1.0)
+    dy *= dz
+    dy *= np.float32(0.5)
+    return dy
+
+
+def _softmax_rows(s: FloatArray) -> FloatArray:
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s
+
+
+def _causal_mask(t: int, past: int = 0) -> FloatArray:
+    """Additive mask for t new queries over past + t keys: 0 where visible, -inf in the future."""
+    future = np.arange(past + t)[None, :] > (past + np.arange(t))[:, None]
+    return np.where(future, np.float32(-np.inf), np.float32(0.0)).astype(np.float32)
+
+
+def _attention(
+    q: FloatArray,
+    kt: FloatArray,
+    v: FloatArray,
+    mask: FloatArray,
+    *,
+    s: FloatArray,
+    out: FloatArray,
+) -> None:
+    """Set out = softmax(q @ kt + mask) @ v for t new queries; scores are in base 2 (exp2).
+
+    exp2() runs without the usual max subtraction (a max over short rows costs more than the
+    GEMMs); if that over- or underflows, the chunk is redone the safe way.
+    """
+    total = s.shape[-1]
+    np.matmul(q, kt, out=s)
+    s += mask
+    with np.errstate(over="ignore", under="ignore"):
+        np.exp2(s, out=s)
+    ones = np.ones(total, np.float32)
+    den = s.reshape(-1, total) @ ones
+    if not (den.min() > 1e-30 and den.max() < np.inf):
+        np.matmul(q, kt, out=s)
+        s += mask
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp2(s, out=s)
+        den = s.reshape(-1, total) @ ones
+    np.reciprocal(den, out=den)
+    s *= den.reshape(*s.shape[:-1], 1)
+    np.matmul(s, v, out=out)
+
+
+def _nll_from_logits(logits: FloatArray, targets: IntArray, exp_safe: bool) -> FloatArray:
+    """-log softmax[target] per row of base-2 logits (overwritten); two passes when exp is safe."""
+    picked = logits[np.arange(len(targets)), targets]
+    ones = np.ones(logits.shape[1], np.float32)
+    if exp_safe:
+        np.exp2(logits, out=logits)
+        nll: FloatArray = np.log2(logits @ ones) - picked
+    else:
+        m = logits.max(axis=1)
+        logits -= m[:, None]
+        np.exp2(logits, out=logits)
+        nll = np.log2(logits @ ones) + m - picked
+    nll *= np.float32(math.log(2.0))
+    return nll
+
+
+@dataclass
+class KVCache:
+    """Keys/values of every layer for a batch of contexts, filled by ``GIoTModel.score_append``.
+
+    All rows share one length: the detector groups devices by context length (there are only
+    n_positions / tokens_per_flow of them) and scores each group in one batch. Keys are stored
+    transposed so that attention scores are a plain GEMM against a prefix slice. The cached
+    keys/values come from the weights at the time they were appended: after the weights change,
+    start new windows. A cache also holds work buffers, so use one cache per thread.
+    """
+
+    keys: list[FloatArray]  # per layer (B, n_head, head_dim, capacity)
+    values: list[FloatArray]  # per layer (B, capacity, n_head, head_dim)
+    last: FloatArray  # (B, n_embd): final hidden state (after ln_f) of position length-1, * log2 e
+    length: int = 0
+    scratch: dict[str, FloatArray] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def capacity(self) -> int:
+        """Positions the cache can hold (at most the model's n_positions)."""
+        return self.keys[0].shape[-1] if self.keys else 0
+
+    def copy(self) -> KVCache:
+        """Return an independent copy, e.g. to score a candidate without committing it."""
+        return KVCache(
+            [k.copy() for k in self.keys],
+            [v.copy() for v in self.values],
+            self.last.copy(),
+            self.length,
+        )
+
+    def reset(self) -> None:
+        """Forget the context (start of a new window at position 0)."""
+        self.length = 0
+
+
+@dataclass
+class _Fused:
+    """Inference weights with LayerNorm affines and the (base-2) attention scale folded in."""
+
+    qkv_w: list[FloatArray] = field(default_factory=list)
+    q_b: list[FloatArray] = field(default_factory=list)  # the key bias cancels in the softmax
+    # the value bias moves behind the projection: softmax rows sum to 1
+    proj_b: list[FloatArray] = field(default_factory=list)
+    fc_w: list[FloatArray] = field(default_factory=list)
+    fc_b: list[FloatArray] = field(default_factory=list)
+    exp_safe: bool = False  # |logits| bounded: exp() needs no max subtraction
+
+
+# --------------------------------------------------------------------------- the model
+class GIoTModel:
+    """GPT-2 in numpy; ``params`` holds float32 arrays named as GPT2LMHeadModel's state_dict."""
+
+    def __init__(self, config: GIoTConfig, params: Mapping[str, np.ndarray]) -> None:
+        shapes = param_shapes(config)
+        if set(params) != set(shapes):
+            diff = set(params) ^ set(shapes)
+            raise ValueError(f"parameter names do not match the config: {sorted(diff)[:5]}")
+        self.config = config
+        self.params: dict[str, FloatArray] = {}
+        for name, shape in shapes.items():
+            if tuple(params[name].shape) != shape:
+                raise ValueError(f"{name}: shape {params[name].shape}, expected {shape}")
+            self.params[name] = np.ascontiguousarray(params[name], dtype=np.float32)
+
+    @classmethod
+    def init(cls, config: GIoTConfig, seed: int) -> GIoTModel:
+        """GPT-2 initialisation (N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer))."""
+        rng = np.random.default_rng(seed)
+        params: dict[str, FloatArray] = {}
+        for name, shape in param_shapes(config).items():
+            if name.endswith("bias"):
+                params[name] = np.zeros(shape, np.float32)
+            elif ".ln_" in name:
+                params[name] = np.ones(shape, np.float32)
+            else:
+                std = (
+                    0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj.weight") else 0.02
+                )
+                params[name] = rng.normal(0.0, std, shape).astype(np.float32)
+        return cls(config, params)
+
+    def num_parameters(self) -> int:
+        """Count trainable scalars (the tied head once)."""
+        return sum(p.size for p in self.params.values())
+
+    def _p(self, i: int, name: str) -> FloatArray:
+        return self.params[f"transformer.h.{i}.{name}"]
+
+    def _check_ids(self, ids: IntArray) -> IntArray:
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"ids must be a 2-D integer array, got {ids.dtype} {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError("token id outside the vocabulary")
+        return ids
+
+    # ----------------------------------------------------------------- training forward/backward
+    def _forward(self, ids: IntArray, keep: bool) -> tuple[FloatArray, list[dict[str, FloatArray]]]:
+        """Return final hidden states (B*T, C) and, if keep, what the backward pass needs."""
+        cfg = self.config
+        b, t = ids.shape
+        if t > cfg.n_positions:
+            raise ValueError(f"sequence of {t} tokens exceeds n_positions={cfg.n_positions}")
+        c, nh, hd, eps = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.layer_norm_epsilon
+        mask, scale = _causal_mask(t), np.float32(1.0 / math.sqrt(hd))
+        wte, wpe = self.params["transformer.wte.weight"], self.params["transformer.wpe.weight"]
+        x: FloatArray = (wte[ids] + wpe[:t]).reshape(b * t, c)
+        caches: list[dict[str, FloatArray]] = []
+        for i in range(cfg.n_layer):
+            xhat1, rstd1 = _layernorm(x, eps)
+            h1: FloatArray = xhat1 * self._p(i, "ln_1.weight") + self._p(i, "ln_1.bias")
+            qkv = h1 @ self._p(i, "attn.c_attn.weight") + self._p(i, "attn.c_attn.bias")
+            q, k, v = qkv.reshape(b, t, 3, nh, hd).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
+            att = _softmax_rows((q @ k.transpose(0, 1, 3, 2)) * scale + mask)
+            y = (att @ v).transpose(0, 2, 1, 3).reshape(b * t, c)
+            x = x + y @ self._p(i, "attn.c_proj.weight") + self._p(i, "attn.c_proj.bias")
+            xhat2, rstd2 = _layernorm(x, eps)
+            h2: FloatArray = xhat2 * self._p(i, "ln_2.weight") + self._p(i, "ln_2.bias")
+            a = h2 @ self._p(i, "mlp.c_fc.weight") + self._p(i, "mlp.c_fc.bias")
+            g = _gelu(a)
+            x = x + g @ self._p(i, "mlp.c_proj.weight") + self._p(i, "mlp.c_proj.bias")
+            if keep:
+                caches.append({"xhat1": xhat1, "rstd1": rstd1, "h1": h1, "q": q, "k": k, "v": v,
+                               "att": att, "y": y, "xhat2": xhat2, "rstd2": rstd2, "h2": h2,
+                               "a": a, "g": g})  # fmt: skip
+        xhat, rstd = _layernorm(x, eps)
+        caches.append({"xhat": xhat, "rstd": rstd})
+        ln_f = self.params["transformer.ln_f.weight"], self.params["transformer.ln_f.bias"]
+        return xhat * ln_f[0] + ln_f[1], caches
+
+    def logits(self, ids: IntArray) -> FloatArray:
+        """Next-token logits (B, T, V) for every position, as GPT2LMHeadModel returns them."""
+        ids = self._check_ids(ids)
+        xf, _ = self._forward(ids, keep=False)
+        return (xf @ self.params["transformer.wte.weight"].T).reshape(*ids.shape, -1)
+
+    def loss_and_grads(
+        self, ids: IntArray, loss_mask: npt.NDArray[np.bool_] | None = None
+    ) -> tuple[float, dict[str, FloatArray]]:
+        """Mean next-token NLL over targets where ``loss_mask`` (B, T-1) holds, and its grads."""
+        ids = self._check_ids(ids)
+        b, t = ids.shape
+        sel = np.ones((b, t - 1), bool) if loss_mask is None else np.asarray(loss_mask, bool)
+        if sel.shape != (b, t - 1):
+            raise ValueError(f"loss_mask shape {sel.shape}, expected {(b, t - 1)}")
+        grads = {name: np.zeros_like(w) for name, w in self.params.items()}
+        n = int(sel.sum())
+        if n == 0:
+            return 0.0, grads
+        xf, caches = self._forward(ids, keep=True)
+        rows = np.concatenate([sel, np.zeros((b, 1), bool)], axis=1).reshape(-1)
+        targets, wte = ids[:, 1:][sel], self.params["transformer.wte.weight"]
+        xs = xf[rows]  # the tied LM head runs only on rows whose next token is scored
+        logits = xs @ wte.T
+        logits -= logits.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(logits).sum(axis=1))
+        loss = float(np.mean(lse - logits[np.arange(n), targets], dtype=np.float64))
+        dlogits = _softmax_rows(logits)
+        dlogits[np.arange(n), targets] -= 1.0
+        dlogits *= np.float32(1.0 / n)
+        grads["transformer.wte.weight"] += dlogits.T @ xs
+        dxf = np.zeros_like(xf)
+        dxf[rows] = dlogits @ wte
+        dx = self._backward(dxf, caches, grads)
+        np.add.at(grads["transformer.wte.weight"], ids.reshape(-1), dx)
+        grads["transformer.wpe.weight"][:t] = dx.reshape(b, t, -1).sum(axis=0)
+        return loss, grads
+
+    def _backward(
+        self, dxf: FloatArray, caches: list[dict[str, FloatArray]], grads: dict[str, FloatArray]
+    ) -> FloatArray:
+        """Backpropagate from the final hidden states to the embeddings (returns d embedding)."""
+        cfg = self.config
+        nh, hd = cfg.n_head, cfg.head_dim
+        b, _, t, _ = caches[0]["q"].shape
+        last = caches[-1]
+        dx, grads["transformer.ln_f.weight"], grads["transformer.ln_f.bias"] = _layernorm_backward(
+            dxf, last["xhat"], last["rstd"], self.params["transformer.ln_f.weight"]
+        )
+        scale = np.float32(1.0 / math.sqrt(hd))
+        for i in reversed(range(cfg.n_layer)):
+            cc, h = caches[i], f"transformer.h.{i}."
+            # MLP: x += gelu(ln_2(x) @ Wfc + bfc) @ Wp + bp
+            grads[h + "mlp.c_proj.weight"] = cc["g"].T @ dx
+            grads[h + "mlp.c_proj.bias"] = dx.sum(axis=0)
+            da = _gelu_backward(dx @ self._p(i, "mlp.c_proj.weight").T, cc["a"])
+            grads[h + "mlp.c_fc.weight"] = cc["h2"].T @ da
+            grads[h + "mlp.c_fc.bias"] = da.sum(axis=0)
+            dh = da @ self._p(i, "mlp.c_fc.weight").T
+            dln, grads[h + "ln_2.weight"], grads[h + "ln_2.bias"] = _layernorm_backward(
+                dh, cc["xhat2"], cc["rstd2"], self._p(i, "ln_2.weight")
+            )
+            dx = dx + dln
+            # attention: x += merge_heads(softmax(q k^T * scale + mask) v) @ Wp + bp
+            grads[h + "attn.c_proj.weight"] = cc["y"].T @ dx
+            grads[h + "attn.c_proj.bias"] = dx.sum(axis=0)
+            dy = (
+                (dx @ self._p(i, "attn.c_proj.weight").T)
+                .reshape(b, t, nh, hd)
+                .transpose(0, 2, 1, 3)
+            )
+            att = cc["att"]
+            datt = dy @ cc["v"].transpose(0, 1, 3, 2)
+            dv = att.transpose(0, 1, 3, 2) @ dy
+            ds = att * (datt - np.einsum("bhij,bhij->bhi", datt, att)[..., None]) * scale
+            dq, dk = ds @ cc["k"], ds.transpose(0, 1, 3, 2) @ cc["q"]
+            dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(b * t, -1)
+            grads[h + "attn.c_attn.weight"] = cc["h1"].T @ dqkv
+            grads[h + "attn.c_attn.bias"] = dqkv.sum(axis=0)
+            dh = dqkv @ self._p(i, "attn.c_attn.weight").T
+            dln, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"] = _layernorm_backward(
+                dh, cc["xhat1"], cc["rstd1"], self._p(i, "ln_1.weight")
+            )
+            dx = dx + dln
+        return dx
+
+    # ----------------------------------------------------------------- scoring (detector hot path)
+    def token_nll(self, ids: IntArray) -> FloatArray:
+        """(B, T) -> (B, T-1): -log p(ids[:, t+1] | ids[:, :t+1]) for every window."""
+        ids = self._check_ids(ids)
+        return self.score_append(self.new_cache(ids.shape[0], ids.shape[1]), ids)[:, 1:]
+
+    def new_cache(self, batch: int, capacity: int | None = None) -> KVCache:
+        """Return an empty KV cache for ``batch`` contexts of up to ``capacity`` tokens."""
+        cfg = self.config
+        cap = cfg.n_positions if capacity is None else capacity
+        if not 0 < cap <= cfg.n_positions:
+            raise ValueError(f"capacity {cap} outside 1..{cfg.n_positions}")
+        nh, hd = cfg.n_head, cfg.head_dim
+        return KVCache(
+            keys=[np.empty((batch, nh, hd, cap), np.float32) for _ in range(cfg.n_layer)],
+            values=[np.empty((batch, cap, nh, hd), np.float32) for _ in range(cfg.n_layer)],
+            last=np.empty((batch, cfg.n_embd), np.float32),
+        )
+
+    def _fused(self) -> _Fused:
+        """Fold affine constants into GEMM weights: O(params), so redone per call, never stale."""
+        cfg, p = self.config, self.params
+        c = cfg.n_embd
+        scale = np.float32(_LOG2E / math.sqrt(cfg.head_dim))  # base-2 scores for exp2
+        f = _Fused()
+        for i in range(cfg.n_layer):
+            w1, b1 = self._p(i, "ln_1.weight"), self._p(i, "ln_1.bias")
+            wa, ba = self._p(i, "attn.c_attn.weight"), self._p(i, "attn.c_attn.bias")
+            qkv_w: FloatArray = w1[:, None] * wa
+            qkv_b: FloatArray = b1 @ wa + ba
+            qkv_w[:, :c] *= scale
+            f.qkv_w.append(qkv_w)
+            f.q_b.append(qkv_b[:c] * scale)
+            wp = self._p(i, "attn.c_proj.weight")
+            proj_b: FloatArray = qkv_b[2 * c :] @ wp + self._p(i, "attn.c_proj.bias")
+            f.proj_b.append(proj_b)
+            w2, b2 = self._p(i, "ln_2.weight"), self._p(i, "ln_2.bias")
+            wf, bf = self._p(i, "mlp.c_fc.weight"), self._p(i, "mlp.c_fc.bias")
+            f.fc_w.append(w2[:, None] * wf)
+            f.fc_b.append(b2 @ wf + bf)
+        # after ln_f |h| <= sqrt(C) max|w_f| + |b_f|, so |logit| <= that * max_v |wte_v| always
+        wte, w_f, b_f = (p[f"transformer.{n}"] for n in ("wte.weight", "ln_f.weight", "ln_f.bias"))
+        h_max = math.sqrt(c) * float(np.abs(w_f).max()) + float(np.sqrt(b_f @ b_f))
+        bound = h_max * math.sqrt(float(np.einsum("vc,vc->v", wte, wte).max()))
+        f.exp_safe = bound + math.log(cfg.vocab_size) < _EXP_SAFE
+        return f
+
+    def score_append(self, cache: KVCache, new_ids: IntArray) -> FloatArray:
+        """Append ``new_ids`` (B, t) to every context in ``cache`` and return their NLL (B, t).
+
+        Column j is -log p(new_ids[:, j] | context, new_ids[:, :j]); column 0 is NaN when the
+        cache is empty (a first token has nothing to be predicted from). The cache is updated in
+        place. Each new token is computed once, attending to the cached keys/values, so scoring a
+        device's flow as it arrives costs only that flow's tokens.
+        """
+        ids = self._check_ids(new_ids)
+        b, t = ids.shape
+        if b != cache.last.shape[0]:
+            raise ValueError(f"batch {b} does not match the cache's {cache.last.shape[0]}")
+        if cache.length + t > cache.capacity:
+            raise ValueError(
+                f"{cache.length} + {t} tokens exceed the cache capacity {cache.capacity}"
+            )
+        out = np.empty((b, t), np.float32)
+        if t == 0:
+            return out
+        f = self._fused()
+        step = max(1, _CHUNK_TOKENS // t)
+        for lo in range(0, b, step):
+            hi = min(b, lo + step)
+            out[lo:hi] = self._append_chunk(f, cache, lo, hi, ids[lo:hi])
+        cache.length += t
+        return out
+
+    def _append_chunk(
+        self, f: _Fused, cache: KVCache, lo: int, hi: int, ids: IntArray
+    ) -> FloatArray:
+        cfg, p, ws = self.config, self.params, cache.scratch
+        b, t = ids.shape
+        n, past, total = b * t, cache.length, cache.length + t
+        c, nh, hd, eps = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.layer_norm_epsilon
+        x = np.take(p["transformer.wte.weight"], ids.reshape(-1), axis=0, out=_buf(ws, "x", n, c))
+        x.reshape(b, t, c)[...] += p["transformer.wpe.weight"][past:total]
+        y = _buf(ws, "y", b, t, nh, hd)  # heads merged in place: (b*t, c) for the projection
+        mask = _causal_mask(t, past)
+        for i in range(cfg.n_layer):
+            kc, vc = cache.keys[i][lo:hi], cache.values[i][lo:hi]
+            h = _layernorm(x, eps, _buf(ws, "h", n, c))[0]
+            qkv = np.matmul(h, f.qkv_w[i], out=_buf(ws, "qkv", n, 3 * c))
+            qkv[:, :c] += f.q_b[i]
+            qkv5 = qkv.reshape(b, t, 3, nh, hd)
+            kc[..., past:total] = qkv5[:, :, 1].transpose(0, 2, 3, 1)
+            vc[:, past:total] = qkv5[:, :, 2]
+            _attention(
+                qkv5[:, :, 0].transpose(0, 2, 1, 3),
+                kc[..., :total],
+                vc[:, :total].transpose(0, 2, 1, 3),
+                mask,
+                s=_buf(ws, "s", b, nh, t, total),
+                out=y.transpose(0, 2, 1, 3),
+            )
+            x += np.matmul(
+                y.reshape(n, c), self._p(i, "attn.c_proj.weight"), out=_buf(ws, "o", n, c)
+            )
+            x += f.proj_b[i]
+            h = _layernorm(x, eps, _buf(ws, "h", n, c))[0]
+            a = np.matmul(h, f.fc_w[i], out=_buf(ws, "a", n, 4 * c))
+            a += f.fc_b[i]
+            g = _gelu(a, _buf(ws, "g", n, 4 * c))
+            x += np.matmul(g, self._p(i, "mlp.c_proj.weight"), out=_buf(ws, "o", n, c))
+            x += self._p(i, "mlp.c_proj.bias")
+        xhat = _layernorm(x, eps, _buf(ws, "h", n, c))[0].reshape(b, t, c)
+        w_f, b_f = p["transformer.ln_f.weight"], p["transformer.ln_f.bias"]
+        log2e = np.float32(_LOG2E)  # base-2 logits for exp2: (h log2 e) @ wte^T
+        # rows predicting the new tokens: the cached last position, then all but the last new one
+        first = 0 if past else 1
+        rows = _buf(ws, "rows", b, t - first, c)
+        if past:
+            rows[:, 0] = cache.last[lo:hi]
+        np.multiply(xhat[:, : t - 1], w_f * log2e, out=rows[:, 1 - first :])
+        rows[:, 1 - first :] += b_f * log2e
+        cache.last[lo:hi] = xhat[:, -1] * (w_f * log2e) + b_f * log2e
+        nll = np.full((b, t), np.nan, np.float32)
+        if t > first:
+            targets = ids[:, first:].reshape(-1)
+            logits = np.matmul(
+                rows.reshape(-1, c),
+                p["transformer.wte.weight"].T,
+                out=_buf(ws, "logits", len(targets), cfg.vocab_size),
+            )
+            nll[:, first:] = _nll_from_logits(logits, targets, f.exp_safe).reshape(b, -1)
+        return nll
+
+    # ----------------------------------------------------------------- persistence (HF layout)
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write config.json and model.safetensors so transformers' from_pretrained loads them."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_NAME).write_text(json.dumps(self.config.to_hf_dict(), indent=2) + "\n")
+        save_safetensors(path / WEIGHTS_NAME, self.params)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str]) -> GIoTModel:
+        """Load a directory written by ``save_pretrained`` here or by transformers."""
+        path = Path(directory)
+        config = GIoTConfig.from_hf_dict(json.loads((path / CONFIG_NAME).read_text()))
+        tensors = load_safetensors(path / WEIGHTS_NAME)
+        # checkpoints of the original GPT-2 (GPT2Model) name tensors without "transformer."
+        tensors |= {
+            "transformer." + k: v
+            for k, v in tensors.items()
+            if k.split(".")[0] in ("wte", "wpe", "h", "ln_f")
+        }
+        missing = [name for name in param_shapes(config) if name not in tensors]
+        if missing:
+            raise ValueError(f"{path / WEIGHTS_NAME} lacks {missing[:3]}")
+        return cls(config, {name: tensors[name] for name in param_shapes(config)})
