@@ -1,0 +1,296 @@
+"""Flower ClientApp: train the GIoT model on the node's token windows, answer with an update.
+
+GSFS rounds (``config["strategy"] == "gsfs"``): merge the partial downlink into the copy of the
+global model this node holds (kept in ``context.state``), train ``local-steps`` with the engine's
+``train_windows``, encode ``w_local - w_held`` with ``giot_engine.gsfs`` into ``gsfs-budget`` bytes,
+keep the residual for the next round. Baseline rounds (Flower's FedAvg / FedAdam / FedProx): train
+from the full global model and answer with the full local weights, as those strategies expect
+(FedProx adds its proximal term ``mu/2 ||w - w_global||^2`` to the local loss).
+
+The same model code runs inside Home Assistant; here the node is a Flower SuperNode (or a virtual
+one in simulation) and its data come from ``fl_server.data.load_partition``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl_server.data import Windows, load_partition
+from giot_engine import gsfs
+from giot_engine.model import GIoTConfig, GIoTModel
+from giot_engine.train import AdamW, train_windows
+
+F32 = npt.NDArray[np.float32]
+ConfigValue = bool | int | float | str
+
+RUN_DEFAULTS: dict[str, ConfigValue] = {
+    # rounds and strategy
+    "num-server-rounds": 3,
+    "strategy": "gsfs",  # gsfs | fedavg | fedadam | fedprox
+    "fraction-train": 1.0,
+    "fraction-evaluate": 1.0,
+    "min-nodes": 2,
+    "round-timeout": 600.0,
+    "seed": 0,
+    # local training
+    "local-steps": 5,
+    "batch-size": 16,
+    "lr": 3e-3,
+    "proximal-mu": 0.01,
+    # model (GPT-2 layout; tiny by default so simulations take seconds)
+    "vocab-size": 64,
+    "n-positions": 32,
+    "n-embd": 32,
+    "n-layer": 2,
+    "n-head": 2,
+    # data
+    "data-source": "synthetic",
+    "windows-per-node": 64,
+    "window-len": 16,
+    # GSFS server
+    "server-opt": "adam",
+    "gsfs-server-lr": 3e-3,
+    "server-lr": 1e-2,  # FedAdam's eta
+    "gsfs-default-budget": 16384,
+    "gsfs-min-budget": 256,
+    "gsfs-max-budget": 4 << 20,
+    "gsfs-target-round-s": 30.0,
+    "gsfs-deadline-quantile": 0.9,
+    "gsfs-min-steps": 1,
+    "gsfs-max-steps": 20,
+    "downlink-threshold": 1e-3,
+    "max-update-norm": 1e3,
+    "robust": "none",
+    "clip-norm": 0.0,
+    "dp-noise": 0.0,
+    "dp-clip": 1.0,
+    "gsfs-shared-index": False,  # SecAgg-compatible mode
+    "gsfs-shared-clip": 0.05,
+    "checkpoint-dir": "",
+}
+
+
+def settings(
+    run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run config over the defaults (and test overrides over both)."""
+    return {**RUN_DEFAULTS, **dict(run_config), **dict(overrides or {})}
+
+
+def model_config(cfg: Mapping[str, Any]) -> GIoTConfig:
+    """Return the GIoT architecture a run config names."""
+    return GIoTConfig(
+        vocab_size=int(cfg["vocab-size"]),
+        n_positions=int(cfg["n-positions"]),
+        n_embd=int(cfg["n-embd"]),
+        n_layer=int(cfg["n-layer"]),
+        n_head=int(cfg["n-head"]),
+    )
+
+
+class _ProxModel(GIoTModel):
+    """FedProx: the local loss gains ``mu/2 ||w - w0||^2`` (Li et al., 2020)."""
+
+    def __init__(self, config: GIoTConfig, params: Mapping[str, np.ndarray], mu: float) -> None:
+        super().__init__(config, params)
+        self.mu = np.float32(mu)
+        self.anchor = {k: v.copy() for k, v in self.params.items()}
+
+    def loss_and_grads(
+        self, ids: npt.NDArray[np.integer[Any]], loss_mask: npt.NDArray[np.bool_] | None = None
+    ) -> tuple[float, dict[str, F32]]:
+        loss, grads = super().loss_and_grads(ids, loss_mask)
+        prox = 0.0
+        for k, w in self.params.items():
+            diff = w - self.anchor[k]
+            grads[k] = grads[k] + self.mu * diff
+            prox += float(np.sum(diff.astype(np.float64) ** 2))
+        return loss + 0.5 * float(self.mu) * prox, grads
+
+
+def mean_nll(model: GIoTModel, windows: Windows) -> float:
+    """Mean next-token NLL of the windows (forward only)."""
+    return float(np.mean(model.token_nll(windows)))
+
+
+def local_train(
+    params: Mapping[str, np.ndarray],
+    cfg: Mapping[str, Any],
+    windows: Windows,
+    *,
+    steps: int,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> tuple[dict[str, F32], float]:
+    """Train a copy of ``params`` for ``steps`` on ``windows``; new params and mean step loss."""
+    mcfg = model_config(cfg)
+    own = {
+        k: np.array(v, dtype=np.float32, copy=True) for k, v in params.items()
+    }  # trained in place
+    model: GIoTModel = (
+        _ProxModel(mcfg, own, proximal_mu) if proximal_mu > 0 else GIoTModel(mcfg, own)
+    )
+    report = train_windows(
+        model,
+        windows,
+        steps,
+        int(cfg["batch-size"]),
+        seed,
+        AdamW(lr=float(cfg["lr"])),
+    )
+    return dict(model.params), float(report.mean_loss)
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    pid = context.node_config.get("partition-id", 0)
+    num = context.node_config.get("num-partitions", 1)
+    return int(pid) if isinstance(pid, (int, float)) else 0, int(num) if isinstance(
+        num, (int, float)
+    ) else 1
+
+
+def _split(windows: Windows) -> tuple[Windows, Windows]:
+    """Last quarter held out for evaluation (at least one window each)."""
+    cut = max(1, min(len(windows) - 1, (3 * len(windows)) // 4))
+    return windows[:cut], windows[cut:]
+
+
+def _arrays_raw(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def _arrays(record: ArrayRecord) -> dict[str, F32]:
+    return {k: np.asarray(a.numpy(), np.float32) for k, a in record.items()}
+
+
+def _reply(
+    msg: Message, arrays: Mapping[str, np.ndarray], metrics: Mapping[str, int | float]
+) -> Message:
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+            "metrics": MetricRecord(dict(metrics)),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def _round_seed(cfg: Mapping[str, Any], server_round: int, pid: int) -> int:
+    return int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
+
+
+def _num(record: Mapping[str, Any], key: str, default: float) -> float:
+    value = record.get(key, default)
+    return (
+        float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+    )
+
+
+def train_gsfs(msg: Message, context: Context, cfg: Mapping[str, Any], windows: Windows) -> Message:
+    """Run one GSFS round on this node (see module docstring)."""
+    conf = msg.content.config_records["config"]
+    state = context.state
+    held = _arrays(state.array_records["gsfs.global"]) if "gsfs.global" in state else {}
+    meta = state.config_records["gsfs.meta"] if "gsfs.meta" in state else ConfigRecord()
+    held_id = int(_num(meta, "state-id", -1))
+    base, new_state = int(_num(conf, "base-state", -1)), int(_num(conf, "new-state", -1))
+    received = _arrays(msg.content.array_records["arrays"])
+    if base not in (-1, held_id):
+        return _reply(msg, {}, {"num-examples": 0, "downlink-ok": 0, "state-id": held_id})
+    held = received if base == -1 else {**held, **received}
+    t0 = time.process_time()
+    pid, _ = _partition(context)
+    steps = int(_num(conf, "local-steps", float(cfg["local-steps"])))
+    server_round = int(_num(conf, "server-round", 0))
+    seed = _round_seed(cfg, server_round, pid)
+    local, loss = local_train(held, cfg, windows, steps=steps, seed=seed)
+    update = {k: local[k] - held[k] for k in held}
+    residual = _arrays(state.array_records["gsfs.residual"]) if "gsfs.residual" in state else {}
+    if conf.get("gsfs-mode") == "shared":  # SecAgg-compatible: the server's index set and grid
+        shared = _arrays_raw(msg.content.array_records["shared"])
+        idx = {k[: -len(".idx")]: v for k, v in shared.items() if k.endswith(".idx")}
+        scales = {
+            k[: -len(".scale")]: float(v[0]) for k, v in shared.items() if k.endswith(".scale")
+        }
+        enc = gsfs.encode_shared(update, idx, scales, residual=residual)
+    else:
+        budget = int(_num(conf, "gsfs-budget", float(cfg["gsfs-default-budget"])))
+        enc = gsfs.encode(update, held, budget, residual=residual)
+    compute_s = time.process_time() - t0
+    state["gsfs.global"] = ArrayRecord({k: Array(v) for k, v in held.items()})
+    state["gsfs.meta"] = ConfigRecord({"state-id": new_state})
+    state["gsfs.residual"] = ArrayRecord({k: Array(v) for k, v in enc.residual.items()})
+    metrics: dict[str, int | float] = {
+        "num-examples": len(windows),
+        "train-loss": loss,
+        "compute-s": compute_s,
+        "local-steps": steps,
+        "state-id": new_state,
+        "downlink-ok": 1,
+        "payload-bytes": enc.nbytes,
+    }
+    return _reply(msg, enc.payload, metrics)
+
+
+def train_dense(
+    msg: Message, context: Context, cfg: Mapping[str, Any], windows: Windows
+) -> Message:
+    """Run one baseline round: full weights in, full weights out."""
+    conf = msg.content.config_records["config"]
+    params = _arrays(msg.content.array_records["arrays"])
+    pid, _ = _partition(context)
+    server_round = int(_num(conf, "server-round", 0))
+    mu = _num(conf, "proximal-mu", 0.0) if conf.get("strategy") == "fedprox" else 0.0
+    t0 = time.process_time()
+    local, loss = local_train(
+        params,
+        cfg,
+        windows,
+        steps=int(cfg["local-steps"]),
+        seed=_round_seed(cfg, server_round, pid),
+        proximal_mu=mu,
+    )
+    metrics = {
+        "num-examples": len(windows),
+        "train-loss": loss,
+        "compute-s": time.process_time() - t0,
+    }
+    return _reply(msg, local, metrics)
+
+
+def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    """Build a ClientApp reading the run config (plus ``overrides``: tests, benchmarks)."""
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = settings(context.run_config, overrides)
+        pid, num = _partition(context)
+        windows, _ = _split(load_partition(pid, num, cfg))
+        if msg.content.config_records["config"].get("strategy", "fedavg") == "gsfs":
+            return train_gsfs(msg, context, cfg, windows)
+        return train_dense(msg, context, cfg, windows)
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg = settings(context.run_config, overrides)
+        pid, num = _partition(context)
+        _, held_out = _split(load_partition(pid, num, cfg))
+        model = GIoTModel(model_config(cfg), _arrays(msg.content.array_records["arrays"]))
+        nll = mean_nll(model, held_out)
+        content = RecordDict(
+            {"metrics": MetricRecord({"num-examples": len(held_out), "eval-loss": nll})}
+        )
+        return Message(content, reply_to=msg)
+
+    return client
+
+
+app = make_client_app()

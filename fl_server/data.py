@@ -1,0 +1,112 @@
+"""Where a node's token windows come from: a pluggable source, synthetic until real data plugs in.
+
+``load_partition(partition_id, num_partitions, run_config)`` is the one entry point the ClientApp
+uses. The source is picked by ``run_config["data-source"]``; real sources (IoT-23 captures, public
+home logs, tokenised by the engine) register themselves with ``register_source`` and take paths
+from the run config, so the federation code does not change when they arrive.
+
+The built-in ``"synthetic"`` source is deterministic per (seed, partition) and non-IID by
+construction: each partition is a different Markov chain over a partly private slice of the
+vocabulary, the way two homes differ in devices and habits, with a shared "protocol" part so a
+global model has something common to learn.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+
+def _alias_engine() -> None:
+    """Make ``giot_engine`` importable where the repository's symlink is missing.
+
+    ``flwr run`` ships the app as a FAB, and Flower's FAB builder skips symlinks, so inside a
+    SuperLink/SuperExec run only ``custom_components/giot/engine`` exists. Importing it through
+    ``custom_components.giot`` would import Home Assistant; this registers the engine folder
+    itself under the name the server code uses. ``fl_server.client_app`` imports this module
+    before any engine module, so the alias is in place in time.
+    """
+    if "giot_engine" in sys.modules or importlib.util.find_spec("giot_engine") is not None:
+        return
+    engine = Path(__file__).resolve().parents[1] / "custom_components" / "giot" / "engine"
+    spec = importlib.util.spec_from_file_location(
+        "giot_engine", engine / "__init__.py", submodule_search_locations=[str(engine)]
+    )
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["giot_engine"] = module
+    spec.loader.exec_module(module)
+
+
+_alias_engine()
+
+Windows = npt.NDArray[np.int64]
+Source = Callable[[int, int, Mapping[str, object]], Windows]
+_SOURCES: dict[str, Source] = {}
+
+
+def register_source(name: str, source: Source) -> None:
+    """Make a data source selectable with ``data-source = "<name>"`` in the run config."""
+    _SOURCES[name] = source
+
+
+def _int(cfg: Mapping[str, object], key: str, default: int) -> int:
+    value = cfg.get(key, default)
+    return int(value) if isinstance(value, (int, float, str)) else default
+
+
+def synthetic_windows(
+    partition_id: int,
+    num_partitions: int,
+    *,
+    vocab_size: int,
+    num_windows: int,
+    window_len: int,
+    seed: int = 0,
+) -> Windows:
+    """Token windows of one partition's own Markov chain (see module docstring)."""
+    rng = np.random.default_rng([seed, partition_id, num_partitions])
+    shared = max(2, vocab_size // 4)
+    own = np.arange(shared, vocab_size)
+    # Each partition prefers a different slice of the non-shared vocabulary.
+    start = (partition_id * len(own)) // max(num_partitions, 1)
+    slice_ = np.roll(own, -start)[: max(2, len(own) // 2)]
+    states = np.concatenate([np.arange(shared), slice_])
+    trans = rng.dirichlet(np.full(len(states), 0.1), size=len(states))
+    out = np.empty((num_windows, window_len), np.int64)
+    cur = rng.integers(len(states), size=num_windows)
+    for t in range(window_len):
+        out[:, t] = states[cur]
+        u = rng.random(num_windows)[:, None]
+        cur = np.minimum((u > np.cumsum(trans[cur], axis=1)).sum(axis=1), len(states) - 1)
+    return out
+
+
+def _synthetic(partition_id: int, num_partitions: int, cfg: Mapping[str, object]) -> Windows:
+    return synthetic_windows(
+        partition_id,
+        num_partitions,
+        vocab_size=_int(cfg, "vocab-size", 64),
+        num_windows=_int(cfg, "windows-per-node", 64),
+        window_len=_int(cfg, "window-len", 16),
+        seed=_int(cfg, "seed", 0),
+    )
+
+
+register_source("synthetic", _synthetic)
+
+
+def load_partition(
+    partition_id: int, num_partitions: int, run_config: Mapping[str, object]
+) -> Windows:
+    """Token windows (N, T) of one node's partition, from the configured source."""
+    name = str(run_config.get("data-source", "synthetic"))
+    if name not in _SOURCES:
+        raise KeyError(f"unknown data-source {name!r} (known: {sorted(_SOURCES)})")
+    return _SOURCES[name](partition_id, num_partitions, run_config)

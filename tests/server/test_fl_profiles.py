@@ -1,0 +1,80 @@
+"""Emulated homes: the latency/energy model and a Grid whose replies arrive on an emulated clock."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fl_server.client_app import make_client_app, settings
+from fl_server.server_app import build_strategy, initial_arrays
+from fl_server.simulation.grid import ProfiledGrid
+from fl_server.simulation.profiles import (
+    DEVICES,
+    E_RX_J_PER_BIT,
+    E_TX_J_PER_BIT,
+    NETWORKS,
+    DeviceProfile,
+    NetworkProfile,
+    NodeProfile,
+    assign_profiles,
+    round_cost,
+)
+from fl_server.strategy.gsfs import GSFS
+
+
+def test_round_cost_formula() -> None:
+    net = NetworkProfile("x", up_bps=8e6, down_bps=16e6, rtt_s=0.05, sigma=0.0)
+    node = NodeProfile(net, DeviceProfile("d", slowdown=2.0, p_active_w=5.0, p_idle_w=1.0))
+    cost = round_cost(
+        node,
+        np.random.default_rng(0),
+        bytes_down=2_000_000,
+        bytes_up=1_000_000,
+        measured_compute_s=0.5,
+    )
+    assert cost.available
+    assert cost.compute_s == pytest.approx(1.0)
+    assert cost.seconds == pytest.approx(0.05 + 1.0 + 1.0 + 1.0)
+    bits_up, bits_down = 8e6, 16e6
+    assert cost.joules == pytest.approx(
+        5.0 * 1.0 + E_TX_J_PER_BIT * bits_up + E_RX_J_PER_BIT * bits_down
+    )
+
+
+def test_assign_profiles_is_deterministic() -> None:
+    a = assign_profiles(20, seed=3)
+    assert a == assign_profiles(20, seed=3)
+    assert {p.network.name for p in a} <= set(NETWORKS)
+    assert {p.device.name for p in a} <= set(DEVICES)
+
+
+def test_slow_home_misses_the_sensed_deadline() -> None:
+    cfg = settings(
+        {},
+        {
+            "num-server-rounds": 3,
+            "local-steps": 2,
+            "gsfs-min-steps": 2,
+            "gsfs-max-steps": 2,
+            "windows-per-node": 16,
+            "n-embd": 16,
+            "fraction-evaluate": 0.0,
+            "gsfs-target-round-s": 1.0,
+            "gsfs-deadline-quantile": 0.75,  # 3 of 4 homes set the pace
+        },
+    )
+    fast = NodeProfile(NETWORKS["fiber"], DEVICES["mini-pc"])
+    crawl = NodeProfile(
+        NetworkProfile("modem", up_bps=2e3, down_bps=2e3, rtt_s=0.5, sigma=0.0), DEVICES["rpi4"]
+    )
+    grid = ProfiledGrid(make_client_app(cfg), [fast, fast, fast, crawl], seed=1)
+    strategy = build_strategy(cfg)
+    assert isinstance(strategy, GSFS)
+    strategy.start(grid, initial_arrays(cfg), num_rounds=3, timeout=float(cfg["round-timeout"]))
+    # Round 1 waits for everyone (nothing sensed yet); then the deadline follows the fast homes.
+    assert strategy.history[0]["missed"] == 0
+    assert strategy.history[2]["deadline-s"] < strategy.history[0]["deadline-s"]
+    assert strategy.history[2]["missed"] == 1
+    assert strategy.sensor.nodes[4].bytes_per_s is not None
+    assert strategy.sensor.nodes[4].bytes_per_s < strategy.sensor.nodes[1].bytes_per_s
+    assert strategy.sensor.plan(4, 0).budget < strategy.sensor.plan(1, 0).budget
