@@ -1,0 +1,463 @@
+"""Online detector: one verdict per flow or event, the same code in Home Assistant and benchmarks.
+
+Two stages run on every record of a device:
+1. signature: behaviour features over the device's last minute -> a classifier head for known attack
+   families (scan, C&C, flood, download);
+2. generative surprise: the negative log-likelihood of the record's tokens given the device's recent
+   tokens (the GIoT model), mixed with a per-device cache of the flow shapes the device has shown
+   before (a Bayesian cache language model: what a device did often stops being surprising even when
+   it left the model's context long ago), then calibrated against the device's own recent
+   benign-looking scores so that every device gets the same target false-alarm rate.
+
+A device alarms only after warm-up, when at least ``k_on`` records of the last minute were hot (or
+one was very hot); it stays on until it has been quiet for ``off_s`` seconds, and while on, only
+records that are themselves near the threshold carry the alarm. Every decision uses the training
+artefacts and earlier records only, so replaying a stream gives the verdicts a hub would have shown.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from .records import DeviceEvent, FlowRecord
+from .signature import FAMILIES, BehaviourWindow, SignatureHead
+from .tokenizer import (
+    BOS_ID,
+    FLOW_TOKENS,
+    TokenContext,
+    Vocabulary,
+    address_scope,
+    event_tokens,
+    flow_tokens,
+    is_lan,
+)
+
+Severity = Literal["none", "low", "medium", "high"]
+STATE_VERSION = 1
+
+
+class TokenScorer(Protocol):
+    """What the detector needs of a language model (``GIoTModel`` provides it)."""
+
+    def token_nll(self, ids: np.ndarray) -> np.ndarray:
+        """(B, T) ids -> (B, T-1) negative log-likelihood of each next token."""
+        ...
+
+
+class BigramModel:
+    """Smoothed next-token counts: a fallback scorer and a fast stand-in for tests.
+
+    Same ``token_nll`` contract as ``GIoTModel``, for when no trained GIoT model is at hand.
+    """
+
+    def __init__(self, counts: np.ndarray, smoothing: float = 0.1) -> None:
+        self.counts = counts
+        self.smoothing = smoothing
+        self._logp = self._log_probs()
+
+    @classmethod
+    def fit(cls, windows: Iterable[Iterable[int]], vocab_size: int) -> BigramModel:
+        """Count transitions in token windows."""
+        counts = np.zeros((vocab_size, vocab_size))
+        for w in windows:
+            a = np.asarray(list(w), dtype=np.int64)
+            np.add.at(counts, (a[:-1], a[1:]), 1.0)
+        return cls(counts)
+
+    def _log_probs(self) -> np.ndarray:
+        c = self.counts + self.smoothing
+        out: np.ndarray = np.log(c / c.sum(axis=1, keepdims=True))
+        return out
+
+    def token_nll(self, ids: np.ndarray) -> np.ndarray:
+        """Bigram NLL of every next token."""
+        out: np.ndarray = -self._logp[ids[:, :-1], ids[:, 1:]]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """Knobs of the online decision; defaults are what the benchmark reports."""
+
+    context_tokens: int = 64  # model window: [BOS] + recent tokens + the record's tokens
+    warmup: int = 20  # records of a device before surprise may alarm
+    calib_size: int = 512  # benign-looking scores kept per device
+    target_fa_rate: float = 0.005  # per-record tail level of the calibration quantile
+    margin_nats: float = 4.0  # above the device quantile before a record is hot
+    floor_nats: float = 15.0  # nothing less surprising than this is hot, whatever the device
+    cache_alpha: float = 20.0  # weight of the model against the device's own shape counts
+    hot_weight: float = 0.3  # how much a hot record counts as habit
+    sig_threshold: float = 0.7  # attack probability of the signature head that makes a record hot
+    k_on: int = 3  # hot records in ``window_s`` that switch a device on
+    window_s: float = 60.0
+    off_s: float = 120.0  # quiet time before a device switches off
+    stay_score: float = 0.0  # while on, records scoring at least this carry the alarm
+    high_score: float = 12.0  # one record this far over threshold switches a device on alone
+    signature_in_warmup: bool = False  # known families may alarm before surprise is calibrated
+    utc_offset_s: int = 0
+
+
+@dataclass(slots=True)
+class Explanation:
+    """Why a record scored as it did: per-token surprise, context positions, plain words."""
+
+    text: str
+    tokens: list[tuple[str, float]]  # the record's tokens with their surprise in nats
+    context_positions: list[int]  # context token positions holding the most surprising token
+    signature: dict[str, float] = field(default_factory=dict)  # family probabilities
+
+
+@dataclass(slots=True)
+class Verdict:
+    """One record's decision, as the anomaly entity shows it."""
+
+    score: float  # higher = more anomalous; 0 = the device's threshold
+    alarm: bool
+    severity: Severity
+    family: str | None
+    explanation: Explanation | None
+    surprise: float = 0.0  # calibrated surprise alone (nats over the device threshold)
+    attack_probability: float = 0.0  # signature head alone
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """Everything the detector keeps per device; plain values so it persists as JSON."""
+
+    ids: deque[int]
+    calib: deque[float]
+    window: BehaviourWindow = field(default_factory=BehaviourWindow)
+    prev_ts: float | None = None
+    seen: int = 0
+    shapes: dict[str, float] = field(default_factory=dict)
+    hot: deque[float] = field(default_factory=deque)
+    on: bool = False
+    last_hot: float = float("-inf")
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON form."""
+        return {
+            "ids": list(self.ids),
+            "calib": list(self.calib),
+            "window": self.window.to_dict(),
+            "prev_ts": self.prev_ts,
+            "seen": self.seen,
+            "shapes": dict(self.shapes),
+            "hot": list(self.hot),
+            "on": self.on,
+            "last_hot": None if self.last_hot == float("-inf") else self.last_hot,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object], maxlen_ids: int, maxlen_calib: int) -> DeviceState:
+        """Inverse of ``to_dict``."""
+        g = d.get
+        last_hot = g("last_hot")
+        prev = g("prev_ts")
+        return cls(
+            ids=deque((int(x) for x in g("ids", [])), maxlen=maxlen_ids),  # type: ignore[attr-defined]
+            calib=deque((float(x) for x in g("calib", [])), maxlen=maxlen_calib),  # type: ignore[attr-defined]
+            window=BehaviourWindow.from_dict(dict(g("window", {}))),  # type: ignore[call-overload]
+            prev_ts=None if prev is None else float(str(prev)),
+            seen=int(str(g("seen", 0))),
+            shapes={str(k): float(v) for k, v in dict(g("shapes", {})).items()},  # type: ignore[call-overload]
+            hot=deque(float(x) for x in g("hot", [])),  # type: ignore[attr-defined]
+            on=bool(g("on", False)),
+            last_hot=float("-inf") if last_hot is None else float(str(last_hot)),
+        )
+
+
+def device_of(flow: FlowRecord) -> str:
+    """Name the home device a flow belongs to: its LAN-side end, the originator when both are."""
+    if is_lan(flow.orig_h) or not is_lan(flow.resp_h):
+        return flow.orig_h
+    return flow.resp_h
+
+
+class Detector:
+    """Online, per-device, strictly causal anomaly detector over flows and device events."""
+
+    def __init__(
+        self,
+        model: TokenScorer,
+        signature: SignatureHead | None = None,
+        config: DetectorConfig | None = None,
+        vocab: Vocabulary | None = None,
+    ) -> None:
+        self.model = model
+        self.signature = signature or SignatureHead.untrained()
+        self.config = config or DetectorConfig()
+        self.vocab = vocab or Vocabulary.default()
+        self.devices: dict[str, DeviceState] = {}
+
+    # -- state -------------------------------------------------------------------------------
+    def _state(self, device: str) -> DeviceState:
+        st = self.devices.get(device)
+        if st is None:
+            st = DeviceState(
+                ids=deque(maxlen=self._ctx_len()), calib=deque(maxlen=self.config.calib_size)
+            )
+            self.devices[device] = st
+        return st
+
+    def _ctx_len(self) -> int:
+        # whole flows only, as in training windows: [BOS] + k flows + the scored flow
+        return max(0, (self.config.context_tokens - 1 - FLOW_TOKENS) // FLOW_TOKENS * FLOW_TOKENS)
+
+    def state_dict(self) -> dict[str, object]:
+        """Per-device state (calibration, warm-up, context, alarm) as plain JSON values."""
+        return {
+            "version": STATE_VERSION,
+            "vocab": self.vocab.version,
+            "devices": {k: v.to_dict() for k, v in self.devices.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore what ``state_dict`` saved (e.g. after a Home Assistant restart)."""
+        if state.get("version") != STATE_VERSION or state.get("vocab") != self.vocab.version:
+            raise ValueError("detector state from another version; start fresh")
+        devices = state.get("devices", {})
+        assert isinstance(devices, Mapping)
+        self.devices = {
+            str(k): DeviceState.from_dict(v, self._ctx_len(), self.config.calib_size)
+            for k, v in devices.items()
+        }
+
+    # -- scoring -----------------------------------------------------------------------------
+    def process(self, flow: FlowRecord) -> Verdict:
+        """Score one flow, decide, then learn from it (in that order: strictly causal)."""
+        st, peer, toks, feats = self._prepare(flow)
+        probs = self.signature.predict(feats)
+        verdict = self._decide(st, flow.ts, toks, probs)
+        if verdict.alarm and verdict.explanation is not None:
+            verdict.explanation.text = _flow_words(flow, peer, st.window, verdict)
+        st.window.add(flow, peer)
+        return verdict
+
+    def _prepare(self, flow: FlowRecord) -> tuple[DeviceState, str, list[str], np.ndarray]:
+        device = device_of(flow)
+        st = self._state(device)
+        peer = flow.resp_h if device == flow.orig_h else flow.orig_h
+        ctx = TokenContext(st.prev_ts, self._recent(st, flow.ts), self.config.utc_offset_s)
+        return st, peer, flow_tokens(flow, ctx, device), st.window.features(flow, peer)
+
+    def observe(self, flow: FlowRecord) -> tuple[str, list[int], np.ndarray]:
+        """Return a training flow's device, token ids and signature features, without scoring.
+
+        Exactly what ``process`` sees, so training data is prepared with the same code.
+        """
+        st, peer, toks, feats = self._prepare(flow)
+        ids = self.vocab.encode(toks)
+        st.ids.extend(ids)
+        st.seen += 1
+        st.prev_ts = flow.ts if st.prev_ts is None else max(st.prev_ts, flow.ts)
+        st.window.add(flow, peer)
+        return device_of(flow), ids, feats
+
+    def process_event(self, event: DeviceEvent) -> Verdict:
+        """Score one Home Assistant state change (surprise only: no signature families)."""
+        st = self._state(event.device_id or event.entity_id)
+        ctx = TokenContext(st.prev_ts, self._recent(st, event.ts), self.config.utc_offset_s)
+        toks = event_tokens(event, ctx)
+        probs = np.zeros(len(FAMILIES))
+        probs[0] = 1.0
+        verdict = self._decide(st, event.ts, toks, probs)
+        if verdict.alarm and verdict.explanation is not None:
+            verdict.explanation.text = (
+                f"{event.entity_id} changed {event.old_state} -> {event.new_state}; unusual: "
+                + _unusual_words(verdict.explanation.tokens)
+            )
+        st.window.now = max(st.window.now, event.ts)
+        return verdict
+
+    def _recent(self, st: DeviceState, ts: float) -> int:
+        now = max(st.window.now, ts)
+        return sum(1 for s in st.window.flows if s.ts >= now - 60.0)
+
+    def _surprise(self, st: DeviceState, ids: list[int]) -> np.ndarray:
+        room = self.config.context_tokens - 1 - len(ids)
+        ctx = list(st.ids)[len(st.ids) - min(room, len(st.ids)) :]
+        seq = np.asarray([[BOS_ID, *ctx, *ids]], dtype=np.int64)
+        nll: np.ndarray = np.asarray(self.model.token_nll(seq), dtype=np.float64)[0, -len(ids) :]
+        return nll
+
+    def _decide(self, st: DeviceState, ts: float, toks: list[str], probs: np.ndarray) -> Verdict:
+        cfg = self.config
+        ids = self.vocab.encode(toks)
+        nll = self._surprise(st, ids)
+        keys = _cache_keys(toks)
+        nll = self._cached(st, keys, nll)
+        raw = float(nll.sum())
+        warmed = st.seen >= cfg.warmup
+        if len(st.calib) >= max(1, min(cfg.warmup, cfg.calib_size)):
+            q = float(np.quantile(np.asarray(st.calib), 1.0 - cfg.target_fa_rate))
+            thr = max(cfg.floor_nats, q + cfg.margin_nats)
+        else:
+            thr = cfg.floor_nats
+        surprise = raw - thr
+        p_attack = float(1.0 - probs[0])
+        sig = _logit(p_attack) - _logit(cfg.sig_threshold)
+        sig_ok = warmed or cfg.signature_in_warmup
+        score = max(surprise, sig)
+        hot = (sig > 0 and sig_ok) or (surprise > 0 and warmed)
+        # aggregation with hysteresis
+        now = max(st.window.now, ts)
+        while st.hot and st.hot[0] < now - cfg.window_s:
+            st.hot.popleft()
+        if st.on and now - st.last_hot > cfg.off_s:
+            st.on = False
+        if hot:
+            st.hot.append(now)
+            st.last_hot = now
+            if len(st.hot) >= cfg.k_on or score >= cfg.high_score:
+                st.on = True
+        alarm = st.on and score >= cfg.stay_score and (hot or warmed)
+        family: str | None = None
+        if alarm and sig > 0:
+            family = FAMILIES[1 + int(np.argmax(probs[1:]))]
+        severity: Severity = "none"
+        if alarm:
+            severity = "high" if score >= cfg.high_score else "medium" if score >= 0 else "low"
+        explanation = None
+        if alarm:
+            top = int(np.argmax(nll))
+            positions = [i for i, t in enumerate(st.ids) if t == ids[top]]
+            explanation = Explanation(
+                text="",
+                tokens=[(t, round(float(v), 3)) for t, v in zip(toks, nll, strict=True)],
+                context_positions=positions[-8:],
+                signature={f: round(float(p), 4) for f, p in zip(FAMILIES, probs, strict=True)},
+            )
+        # learn (after deciding)
+        self._learn(st, ts, ids, keys, raw, hot=hot)
+        return Verdict(score, alarm, severity, family, explanation, surprise, p_attack)
+
+    def _learn(
+        self,
+        st: DeviceState,
+        ts: float,
+        ids: list[int],
+        keys: list[tuple[str, str]],
+        raw: float,
+        *,
+        hot: bool,
+    ) -> None:
+        cfg = self.config
+        st.ids.extend(ids)
+        st.seen += 1
+        st.prev_ts = ts if st.prev_ts is None else max(st.prev_ts, ts)
+        if not hot and st.seen > cfg.warmup:  # first sightings of a young device say little
+            st.calib.append(raw)
+        # hot shapes are learnt slowly: a repeated benign novelty fades, an attack stays loud
+        weight = cfg.hot_weight if hot else 1.0
+        for num, den in keys:
+            st.shapes[num] = st.shapes.get(num, 0.0) + weight
+            st.shapes[den] = st.shapes.get(den, 0.0) + weight
+        if len(st.shapes) > 8192:  # bound memory: forget the rarest token counts
+            for k in sorted(st.shapes, key=st.shapes.__getitem__)[:2048]:
+                if not k.startswith("#"):
+                    del st.shapes[k]
+
+    def _cached(self, st: DeviceState, keys: list[tuple[str, str]], nll: np.ndarray) -> np.ndarray:
+        """Mix the model with the device's own token counts (a per-device cache model).
+
+        Each token is predicted by (count + alpha * p_model) / (total + alpha), where counts are the
+        device's, per field and per kind of flow: what a device keeps doing stops being surprising
+        even long after it left the model's context window.
+        """
+        a = self.config.cache_alpha
+        out = np.empty_like(nll)
+        for i, (num, den) in enumerate(keys):
+            c, n = st.shapes.get(num, 0.0), st.shapes.get(den, 0.0)
+            mix = np.logaddexp(math.log(c) if c > 0 else -np.inf, math.log(a) - float(nll[i]))
+            out[i] = math.log(n + a) - mix
+        return out
+
+
+def _cache_keys(toks: list[str]) -> list[tuple[str, str]]:
+    """Count keys (numerator, denominator) of each token of a record.
+
+    The first token (the kind of flow or event) counts against all records, every other token
+    against records of the same kind.
+    """
+    keys = [(f"0|{toks[0]}", "#0")]
+    keys += [(f"{k}|{toks[0]}|{t}", f"#{k}|{toks[0]}") for k, t in enumerate(toks[1:], 1)]
+    return keys
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return math.log(p / (1 - p))
+
+
+_SCOPE_WORDS = {
+    "remote": "internet hosts",
+    "local": "local hosts",
+    "mcast": "multicast groups",
+    "bcast": "the broadcast address",
+    "link": "link-local hosts",
+    "loop": "itself",
+    "unspec": "unspecified addresses",
+}
+_STATE_WORDS = {
+    "S0": "no answer",
+    "REJ": "rejected",
+    "SF": "completed",
+    "OTH": "mid-stream, no handshake seen",
+    "RSTO": "reset by the device",
+    "RSTR": "reset by the peer",
+}
+_FAMILY_WORDS = {
+    "port_scan": "port scan",
+    "cnc": "command-and-control traffic",
+    "ddos": "flood",
+    "file_download": "file download",
+}
+
+
+def _token_words(tok: str) -> str:  # noqa: PLR0911
+    parts = tok.split("/")
+    head = parts[0]
+    if head in ("tcp", "udp", "icmp", "other"):
+        return f"{parts[1]} over {head}"
+    if head in ("out", "in"):
+        return f"{'to' if head == 'out' else 'from'} {_SCOPE_WORDS.get(parts[1], parts[1])}"
+    if head == "st":
+        return f"state {parts[1]} ({_STATE_WORDS.get(parts[1], 'other')})"
+    if head == "B":
+        return "this volume of bytes"
+    if head == "D":
+        return "this duration and packet count"
+    if head == "G":
+        return "this pace of connections"
+    if head.startswith("h"):
+        return "this time of day"
+    if head == "T":
+        return f"the change {parts[1]}"
+    return tok
+
+
+def _unusual_words(tokens: list[tuple[str, float]]) -> str:
+    top = sorted(tokens, key=lambda tv: -tv[1])[:2]
+    return ", ".join(f"{_token_words(t)} ({v:.1f} nats)" for t, v in top)
+
+
+def _flow_words(flow: FlowRecord, peer: str, window: BehaviourWindow, v: Verdict) -> str:
+    n = window.count_like(flow)
+    what = "connection attempt" if flow.proto == "tcp" else "flow"
+    what += "" if n == 1 else "s"
+    state = f", state {flow.conn_state}" if flow.conn_state else ""
+    lead = f"{_FAMILY_WORDS[v.family]}: " if v.family in _FAMILY_WORDS else "unusual behaviour: "
+    text = (
+        f"{lead}{n:,} {what} in the last minute to port {flow.resp_p}/{flow.proto} "
+        f"on {_SCOPE_WORDS.get(address_scope(peer), 'hosts')}{state}"
+    )
+    if v.explanation is not None:
+        text += "; unusual for this device: " + _unusual_words(v.explanation.tokens)
+    return text

@@ -1,0 +1,246 @@
+"""Stage 1 of detection: behaviour features of a device's recent flows and a small classifier.
+
+Known attack families look alike on any device: a scan touches many hosts on one port and gets no
+answer, a flood sends many flows per second, a C&C channel keeps knocking on one remote host at a
+regular pace. The features describe exactly that (counts, rates, failure fractions, regularity),
+never which protocol a device happens to use, so that "any TCP is an attack" cannot be learnt from
+lab captures whose benign traffic is only DNS and NTP. The head is a multinomial logistic regression
+trained with numpy on the training captures' detailed labels; it stays tiny and deterministic.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .records import FlowRecord
+from .tokenizer import address_scope
+
+FAMILIES = ("benign", "port_scan", "cnc", "ddos", "file_download")
+WINDOW_S = 60.0
+MAX_WINDOW_FLOWS = 256
+FAILED_TCP_STATES = frozenset({"S0", "REJ", "RSTOS0", "RSTRH", "SH", "SHR"})
+FEATURE_NAMES = (
+    "log_flows_60s",
+    "log_distinct_dst",
+    "log_distinct_ports",
+    "frac_failed_tcp",
+    "frac_oth",
+    "frac_remote",
+    "frac_no_payload",
+    "cur_failed_tcp",
+    "cur_oth",
+    "cur_remote",
+    "log_same_dst",
+    "log_same_port_hosts",
+    "cur_regularity",
+    "cur_log_bytes",
+)
+
+
+def family_of(label: str | None, detailed: str | None) -> str:
+    """Attack family of an IoT-23 label pair (training only; never a feature)."""
+    if label is None or label.lower() != "malicious":
+        return "benign"
+    d = (detailed or "").lower()
+    if "scan" in d:
+        return "port_scan"
+    if "filedownload" in d:
+        return "file_download"
+    if "ddos" in d or "attack" in d:
+        return "ddos"
+    return "cnc"
+
+
+@dataclass(slots=True)
+class _Seen:
+    ts: float
+    dst: str
+    port: int
+    failed: bool
+    oth: bool
+    remote: bool
+    payload: bool
+
+
+class BehaviourWindow:
+    """A device's flows of the last minute (bounded), summarised into signature features."""
+
+    def __init__(self) -> None:
+        self.flows: deque[_Seen] = deque(maxlen=MAX_WINDOW_FLOWS)
+        self.dst_times: dict[str, deque[float]] = {}
+        self.now = float("-inf")
+
+    def features(self, flow: FlowRecord, peer: str) -> np.ndarray:
+        """Features of ``flow`` given the window so far (the flow itself included)."""
+        cur = _summarise(flow, peer)
+        now = max(self.now, flow.ts)
+        recent = [s for s in self.flows if s.ts >= now - WINDOW_S]
+        recent.append(cur)
+        n = len(recent)
+        times = [*self.dst_times.get(peer, ()), flow.ts]
+        regular = 0.0
+        if len(times) >= 3:
+            gaps = np.diff(np.sort(np.asarray(times[-8:])))
+            mean = float(gaps.mean())
+            regular = 1.0 / (1.0 + float(gaps.std()) / mean) if mean > 0 else 1.0
+        total_bytes = (flow.orig_bytes or 0) + (flow.resp_bytes or 0)
+        return np.array(
+            [
+                np.log1p(n),
+                np.log1p(len({s.dst for s in recent})),
+                np.log1p(len({s.port for s in recent})),
+                sum(s.failed for s in recent) / n,
+                sum(s.oth for s in recent) / n,
+                sum(s.remote for s in recent) / n,
+                sum(not s.payload for s in recent) / n,
+                float(cur.failed),
+                float(cur.oth),
+                float(cur.remote),
+                np.log1p(sum(s.dst == peer for s in recent)),
+                np.log1p(len({s.dst for s in recent if s.port == cur.port})),
+                regular,
+                np.log1p(total_bytes) / 10.0,
+            ],
+            dtype=np.float64,
+        )
+
+    def add(self, flow: FlowRecord, peer: str) -> None:
+        """Remember ``flow`` (after its verdict: features stay causal)."""
+        self.now = max(self.now, flow.ts)
+        self.flows.append(_summarise(flow, peer))
+        times = self.dst_times.setdefault(peer, deque(maxlen=8))
+        times.append(flow.ts)
+        if len(self.dst_times) > 512:  # forget the oldest destinations
+            self.dst_times.pop(next(iter(self.dst_times)))
+
+    def count_like(self, flow: FlowRecord) -> int:
+        """Flows of the last minute with the same protocol and destination port as ``flow``."""
+        now = max(self.now, flow.ts)
+        return 1 + sum(1 for s in self.flows if s.ts >= now - WINDOW_S and s.port == flow.resp_p)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON form (addresses stay on the hub: this is the hub's own state)."""
+        return {
+            "now": self.now if self.now != float("-inf") else None,
+            "flows": [
+                [s.ts, s.dst, s.port, int(s.failed), int(s.oth), int(s.remote), int(s.payload)]
+                for s in self.flows
+            ],
+            "dst_times": {k: list(v) for k, v in self.dst_times.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> BehaviourWindow:
+        """Inverse of ``to_dict``."""
+        w = cls()
+        now = d.get("now")
+        w.now = float("-inf") if now is None else float(str(now))
+        for row in d.get("flows", []):  # type: ignore[attr-defined]
+            ts, dst, port, failed, oth, remote, payload = row
+            w.flows.append(
+                _Seen(float(ts), str(dst), int(port), bool(failed), bool(oth), bool(remote),
+                      bool(payload))
+            )  # fmt: skip
+        for k, v in dict(d.get("dst_times", {})).items():  # type: ignore[call-overload]
+            w.dst_times[str(k)] = deque((float(x) for x in v), maxlen=8)
+        return w
+
+
+def _summarise(flow: FlowRecord, peer: str) -> _Seen:
+    state = flow.conn_state or ""
+    payload = bool(flow.orig_bytes) or bool(flow.resp_bytes)
+    return _Seen(
+        ts=flow.ts,
+        dst=peer,
+        port=flow.resp_p,
+        failed=flow.proto == "tcp" and state in FAILED_TCP_STATES,
+        oth=state == "OTH",
+        remote=address_scope(peer) == "remote",
+        payload=payload,
+    )
+
+
+class SignatureHead:
+    """Multinomial logistic regression over standardised behaviour features."""
+
+    def __init__(self, weights: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> None:
+        self.weights = weights  # (n_features + 1, n_families), last row = bias
+        self.mean = mean
+        self.scale = scale
+
+    @classmethod
+    def untrained(cls) -> SignatureHead:
+        """Build a head that always says benign (used when no labelled training data exists)."""
+        k, f = len(FAMILIES), len(FEATURE_NAMES)
+        w = np.zeros((f + 1, k))
+        w[-1, 0] = 20.0
+        return cls(w, np.zeros(f), np.ones(f))
+
+    @classmethod
+    def fit(
+        cls,
+        features: np.ndarray,
+        families: Sequence[str],
+        l2: float = 1e-2,
+        steps: int = 400,
+        lr: float = 0.5,
+    ) -> SignatureHead:
+        """Class-balanced, L2-regularised fit by full-batch gradient descent (deterministic)."""
+        y = np.array([FAMILIES.index(f) for f in families])
+        present = np.bincount(y, minlength=len(FAMILIES))
+        if features.shape[0] == 0 or (present > 0).sum() < 2:
+            return cls.untrained()
+        mean = features.mean(axis=0)
+        scale = features.std(axis=0) + 1e-3
+        x = np.hstack([(features - mean) / scale, np.ones((features.shape[0], 1))])
+        onehot = np.eye(len(FAMILIES))[y]
+        sample_w = (1.0 / np.maximum(present, 1))[y]
+        sample_w /= sample_w.sum()
+        w = np.zeros((x.shape[1], len(FAMILIES)))
+        absent = present == 0
+        for _ in range(steps):
+            logits = x @ w
+            logits[:, absent] = -30.0
+            p = _softmax(logits)
+            grad = x.T @ ((p - onehot) * sample_w[:, None]) + l2 * w
+            w -= lr * grad
+        w[-1, absent] = -30.0
+        return cls(w, mean, scale)
+
+    def predict(self, feats: np.ndarray) -> np.ndarray:
+        """Family probabilities for one feature vector (or a batch)."""
+        x = (np.atleast_2d(feats) - self.mean) / self.scale
+        p = _softmax(x @ self.weights[:-1] + self.weights[-1])
+        return p[0] if feats.ndim == 1 else p
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON form."""
+        return {
+            "families": list(FAMILIES),
+            "features": list(FEATURE_NAMES),
+            "weights": self.weights.tolist(),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> SignatureHead:
+        """Inverse of ``to_dict``."""
+        if list(d["families"]) != list(FAMILIES):  # type: ignore[call-overload]
+            raise ValueError("signature head was trained for other families")
+        return cls(
+            np.asarray(d["weights"], dtype=np.float64),
+            np.asarray(d["mean"], dtype=np.float64),
+            np.asarray(d["scale"], dtype=np.float64),
+        )
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
