@@ -1,6 +1,8 @@
 """Constants shared by the GIoT integration's modules."""
 
 import logging
+from datetime import timedelta
+from enum import StrEnum
 from typing import Final
 
 DOMAIN: Final = "giot"
@@ -10,3 +12,84 @@ CONF_NODE_HOST: Final = "node_host"
 CONF_NODE_PORT: Final = "node_port"
 
 ZEROCONF_TYPE: Final = "_giot._tcp.local."
+DEFAULT_NODE_PORT: Final = 9093
+
+# Options (the options flow writes them; the coordinator reads them at setup).
+CONF_DEVICES: Final = "devices"
+CONF_AREAS: Final = "areas"
+CONF_LABELS: Final = "labels"
+CONF_NETFLOW_PORT: Final = "netflow_port"
+CONF_ZEEK_PATH: Final = "zeek_path"
+CONF_SENSITIVITY: Final = "sensitivity"
+CONF_FEDERATION: Final = "federation"
+CONF_RETENTION_DAYS: Final = "retention_days"
+
+DEFAULT_RETENTION_DAYS: Final = 30
+DEFAULT_FEDERATION: Final = True
+
+
+class Sensitivity(StrEnum):
+    """How readily a surprising observation becomes an alarm."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+DEFAULT_SENSITIVITY: Final = Sensitivity.MEDIUM
+
+# Scores are nats over the device's calibrated threshold (0 = the engine's own bar). The
+# sensitivity moves that bar; away mode lowers it, since a quiet home is expected.
+SENSITIVITY_OFFSET: Final = {
+    Sensitivity.LOW: 4.0,
+    Sensitivity.MEDIUM: 0.0,
+    Sensitivity.HIGH: -3.0,
+}
+AWAY_FLOW_OFFSET: Final = -2.0
+AWAY_EVENT_OFFSET: Final = -6.0
+
+
+class AlertType(StrEnum):
+    """Event types of the alert event entities (automations trigger on these)."""
+
+    PORT_SCAN = "port_scan"
+    C2_BEACON = "c2_beacon"
+    FLOOD = "flood"
+    UNUSUAL_ACTIVITY = "unusual_activity"
+    NEW_DEVICE = "new_device"
+
+
+class Severity(StrEnum):
+    """How urgent an alert is."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class FederationStatus(StrEnum):
+    """What federated participation is doing (placeholder until the node link exists)."""
+
+    DISABLED = "disabled"
+    PAUSED = "paused"
+    NO_NODE = "no_node"
+    IDLE = "idle"
+    TRAINING = "training"
+
+
+ATTR_SEVERITY: Final = "severity"
+ATTR_EXPLANATION: Final = "explanation"
+ATTR_SCORE: Final = "score"
+ATTR_DESCRIPTION: Final = "description"
+ATTR_DEVICE: Final = "device"
+ATTR_DURATION: Final = "duration"
+
+# An alarm stays on this long after the last alarming verdict, and one device fires one event
+# per alert type per hold, so a scan of a thousand flows is one alert, not a thousand.
+ALARM_HOLD: Final = timedelta(minutes=10)
+HOUSEKEEPING_INTERVAL: Final = timedelta(minutes=1)
+NO_DATA_AFTER: Final = timedelta(days=1)
+SAVE_DELAY_S: Final = 60.0
+BATCH_MAX: Final = 2048
+
+HUB_KEY: Final = "hub"

@@ -1,12 +1,114 @@
-"""Runtime state of a GIoT config entry."""
+"""Runtime state of a GIoT config entry: the coordinator that owns sources, detector and store.
 
-from dataclasses import dataclass
+Collectors push flows and device events into the coordinator from the event loop; the coordinator
+queues them, hands them to the detector in batches in the executor (one batch at a time, because
+the detector keeps per-device state and is not thread-safe), turns verdicts into per-device
+alarms and alert events, and keeps the hub-level state the hub entities show.
+"""
 
+import asyncio
+import math
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
 from homeassistant.config_entries import ConfigEntry
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
+from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
+from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers.event import (
+    async_call_later,
+    async_track_time_change,
+    async_track_time_interval,
+)
+from homeassistant.helpers.storage import Store
+from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
+from homeassistant.util import dt as dt_util
 
-from .const import CONF_NODE_HOST, CONF_NODE_PORT
+from .attribution import DeviceAttributor, NewAddress, is_lan_ip
+from .const import (
+    ALARM_HOLD,
+    AWAY_EVENT_OFFSET,
+    AWAY_FLOW_OFFSET,
+    BATCH_MAX,
+    CONF_AREAS,
+    CONF_DEVICES,
+    CONF_FEDERATION,
+    CONF_LABELS,
+    CONF_NETFLOW_PORT,
+    CONF_NODE_HOST,
+    CONF_NODE_PORT,
+    CONF_RETENTION_DAYS,
+    CONF_SENSITIVITY,
+    CONF_ZEEK_PATH,
+    DEFAULT_FEDERATION,
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_SENSITIVITY,
+    DOMAIN,
+    HOUSEKEEPING_INTERVAL,
+    HUB_KEY,
+    LOGGER,
+    NO_DATA_AFTER,
+    SAVE_DELAY_S,
+    SENSITIVITY_OFFSET,
+    AlertType,
+    FederationStatus,
+    Sensitivity,
+    Severity,
+)
+from .engine.describe import Behaviour
+from .engine.describe import describe as describe_behaviour
+from .engine.detector import Detector as EngineCore
+from .engine.detector import Verdict as EngineVerdict
+from .engine.detector import device_of
+from .engine.records import DeviceEvent, FlowRecord
+from .engine.tokenizer import BOS_ID, EVENT_TOKENS, FLOW_TOKENS, Vocabulary
+from .model_manager import N_POSITIONS, ModelManager, TrainResult
+from .netflow_listener import NetFlowListener
+from .state_collector import MonitoredSelection, StateCollector
+from .store import WindowStore
+from .zeek_tail import TailStatus, ZeekTail
 
 type GIoTConfigEntry = ConfigEntry[GIoTRuntimeData]
+type AlertListener = Callable[[AlertType, dict[str, Any]], None]
+
+STORAGE_VERSION = 1
+KNOWN_ADDRESSES_KEY = f"{DOMAIN}.known_addresses"
+MAX_PENDING = 100_000
+MIN_FREE_BYTES = 50 * 1024 * 1024
+# Loop-side pacing under load: flows attributed per slice, entity updates while a backlog is
+# worked off, windows handed to the store, descriptions refreshed per device (seconds).
+ATTRIBUTE_SLICE = 256
+UPDATE_EVERY_S = 5.0
+WINDOW_FLUSH_S = 60.0
+DESCRIBE_EVERY_S = 10.0
+# Local training: nightly at this hour when this many windows are new; feedback windows count
+# this many times in the training set.
+TRAIN_HOUR = 3
+TRAIN_MIN_NEW_WINDOWS = 256
+FEEDBACK_PREFIX = "feedback:"
+FEEDBACK_REPEAT = 8
+
+# Families the engine's signature stage names, mapped onto the alert event types.
+FAMILY_TO_ALERT: Mapping[str, AlertType] = {
+    "port_scan": AlertType.PORT_SCAN,
+    "scan": AlertType.PORT_SCAN,
+    "cnc": AlertType.C2_BEACON,
+    "c2": AlertType.C2_BEACON,
+    "c2_beacon": AlertType.C2_BEACON,
+    "ddos": AlertType.FLOOD,
+    "flood": AlertType.FLOOD,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,16 +119,1051 @@ class NodeAddress:
     port: int
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The detector's judgement of one flow or event of one device, as the coordinator uses it.
+
+    ``score`` is in nats over the device's calibrated threshold (0 = threshold, higher = more
+    anomalous); ``alarm`` is the engine's own decision (with its hysteresis); the coordinator
+    moves the bar for the sensitivity option and away mode, and only for warmed-up devices.
+    """
+
+    device: str
+    score: float
+    alarm: bool
+    family: str | None = None
+    explanation: str = ""
+    severity: str | None = None
+    warmed: bool = True
+    user_initiated: bool = False
+    is_event: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Description:
+    """What a device normally does, short (a sensor state) and in full."""
+
+    short: str
+    full: str
+
+
+type Window = tuple[str, np.ndarray, float]
+
+
+class Detector(Protocol):
+    """What the coordinator needs from the detector; every method runs in the executor."""
+
+    @property
+    def model_version(self) -> str:
+        """Version of the model that scores, shown on the hub."""
+
+    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
+        """Score flows attributed to devices, updating their context."""
+
+    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
+        """Score device events, updating their context."""
+
+    def drain_windows(self) -> list[Window]:
+        """Token windows (device, ids, ts) produced since the last call, for the window store."""
+
+    def describe(self, device: str) -> Description:
+        """Describe what the device normally does."""
+
+    def mark_normal(self, device: str) -> np.ndarray:
+        """Learn the device's recent alarming pattern as normal; return its windows (N, T)."""
+
+    def train(self, windows: np.ndarray, seed: int) -> TrainResult:
+        """Train locally on windows (N, T); raise OSError when the model could not be saved."""
+
+    def load_model(self) -> None:
+        """Read the saved model."""
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """Which scorer is active and how much the model has learnt."""
+
+    def state(self) -> dict[str, Any]:
+        """Plain-data state (warm-up, calibration, context) that survives restarts."""
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state`` returned."""
+
+
+class EngineDetector:
+    """Adapter from the engine's online ``Detector`` to the coordinator.
+
+    Adds what the engine leaves to its host: the local GIoT model and its training
+    (``ModelManager``: bigram counts score until the model beats them on the stored windows),
+    per-device descriptions (engine ``describe``), token windows for the window store (exactly
+    the sequences the engine scores: ``[BOS]`` and the device's last tokens), feedback
+    (``mark_normal`` lowers later scores of the same kind for that device by ``FEEDBACK_NATS`` at
+    once and hands the device's recent windows back to be learnt, repeated, in local training),
+    and a name for alarms the signature head leaves unnamed (many destination ports in a minute
+    is a port scan, many flows to one peer a flood) — the bundled head is untrained and names
+    nothing.
+    """
+
+    WINDOW_TOKENS = N_POSITIONS - 1  # plus [BOS]: the model's whole context
+    WINDOW_EVERY = 4
+    FEEDBACK_NATS = 8.0
+    FEEDBACK_WINDOWS = 8
+    SCAN_PORTS = 10
+    FLOOD_FLOWS = 300
+    KEEP = 1000
+
+    def __init__(self, directory: Path | None = None) -> None:
+        """Start with a fresh model; ``load_model`` (executor) reads the saved one."""
+        self.vocab = Vocabulary.default()
+        self.models = ModelManager(
+            directory / "model" if directory is not None else None, self.vocab
+        )
+        self.engine = EngineCore(self.models.scorer, vocab=self.vocab)
+        self._behaviours: dict[str, Behaviour] = {}
+        self._events: dict[str, Counter[str]] = {}
+        self._recent: dict[str, deque[tuple[float, str, int]]] = {}
+        self._dampen: dict[str, dict[str, float]] = {}
+        self._last_alarm: dict[str, str] = {}
+        self._windows: list[Window] = []
+        self._count: Counter[str] = Counter()
+        self._tail: dict[str, deque[int]] = {}
+        self._taken: dict[str, deque[np.ndarray]] = {}
+
+    @property
+    def model_version(self) -> str:
+        """Version of the local model."""
+        return self.models.version
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """Which scorer is active, model size, training state."""
+        return self.models.info()
+
+    def load_model(self) -> None:
+        """Read the saved model (executor) and let it score."""
+        self.models.load()
+        self.engine.model = self.models.scorer
+
+    def _name(self, key: str, flow: FlowRecord) -> str | None:
+        """Name an alarm from the device's last minute when the signature head did not."""
+        window = self._recent.setdefault(key, deque())
+        while window and window[0][0] < flow.ts - 60.0:
+            window.popleft()
+        window.append((flow.ts, flow.resp_h, flow.resp_p))
+        if len({port for _, _, port in window}) >= self.SCAN_PORTS:
+            return "port_scan"
+        if sum(1 for _, host, _ in window if host == flow.resp_h) >= self.FLOOD_FLOWS:
+            return "flood"
+        return None
+
+    def _verdict(
+        self, key: str, engine_key: str, raw: EngineVerdict, ts: float, *, warmed: bool, **kw: Any
+    ) -> Verdict:
+        kind = raw.family or kw.pop("named", None) or "unusual"
+        score = raw.score - self._dampen.get(key, {}).get(kind, 0.0)
+        alarm = raw.alarm and score >= 0
+        if alarm:
+            self._last_alarm[key] = kind
+        self._count[key] += 1
+        state = self.engine.devices.get(engine_key)
+        if state is not None:
+            tail = self._tail.setdefault(engine_key, deque(maxlen=self.WINDOW_TOKENS))
+            added = min(len(state.ids), EVENT_TOKENS if kw.get("is_event") else FLOW_TOKENS)
+            tail.extend(state.ids[i] for i in range(-added, 0))
+            if len(tail) == self.WINDOW_TOKENS and self._count[key] % self.WINDOW_EVERY == 0:
+                window = np.asarray([BOS_ID, *tail], dtype=np.int32)
+                self._windows.append((key, window, ts))
+                self._taken.setdefault(key, deque(maxlen=self.FEEDBACK_WINDOWS)).append(window)
+        return Verdict(
+            key,
+            round(score, 3),
+            alarm,
+            None if kind == "unusual" else kind,
+            raw.explanation.text if raw.explanation is not None else "",
+            raw.severity if raw.severity != "none" else None,
+            warmed,
+            **kw,
+        )
+
+    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
+        """Score each flow with the engine, in order."""
+        verdicts = []
+        for key, flow in items:
+            engine_key = device_of(flow)
+            state = self.engine.devices.get(engine_key)
+            warmed = state is not None and state.seen >= self.engine.config.warmup
+            behaviour = self._behaviours.setdefault(key, Behaviour())
+            behaviour.add(flow, state.prev_ts if state is not None else None)
+            del behaviour.gaps[: -self.KEEP], behaviour.bytes_per_flow[: -self.KEEP]
+            named = self._name(key, flow)
+            raw = self.engine.process(flow)
+            verdicts.append(
+                self._verdict(key, engine_key, raw, flow.ts, warmed=warmed, named=named)
+            )
+        return verdicts
+
+    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
+        """Score each device event with the engine, in order."""
+        verdicts = []
+        for key, event in items:
+            engine_key = event.device_id or event.entity_id
+            state = self.engine.devices.get(engine_key)
+            warmed = state is not None and state.seen >= self.engine.config.warmup
+            self._events.setdefault(key, Counter())[f"{event.entity_id} {event.new_state}"] += 1
+            raw = self.engine.process_event(event)
+            verdicts.append(
+                self._verdict(
+                    key,
+                    engine_key,
+                    raw,
+                    event.ts,
+                    warmed=warmed,
+                    user_initiated=event.source == "user",
+                    is_event=True,
+                )
+            )
+        return verdicts
+
+    def drain_windows(self) -> list[Window]:
+        """Hand the new windows over."""
+        windows, self._windows = self._windows, []
+        return windows
+
+    def describe(self, device: str) -> Description:
+        """Template sentences about flows (engine ``describe``) and state changes."""
+        sentences: list[str] = []
+        if (behaviour := self._behaviours.get(device)) is not None and behaviour.flows:
+            sentences += describe_behaviour(behaviour)
+        if events := self._events.get(device):
+            total = events.total()
+            common = ", ".join(
+                f"{change} ({100 * n // total}%)" for change, n in events.most_common(3)
+            )
+            sentences.append(f"Usual changes: {common}.")
+        if not sentences:
+            return Description("Not enough data yet", "Nothing has been observed yet.")
+        return Description(sentences[0][:255], " ".join(sentences))
+
+    def mark_normal(self, device: str) -> np.ndarray:
+        """Lower later scores of the device's last alarming kind (stacking with each mark).
+
+        Returns the device's recent windows, which local training then learns with extra weight.
+        """
+        taken = self._taken.pop(device, deque())
+        windows = np.stack(taken) if taken else np.zeros((0, self.WINDOW_TOKENS + 1), np.int32)
+        if (kind := self._last_alarm.pop(device, None)) is None:
+            return windows
+        dampen = self._dampen.setdefault(device, {})
+        dampen[kind] = dampen.get(kind, 0.0) + self.FEEDBACK_NATS
+        return windows
+
+    def train(self, windows: np.ndarray, seed: int) -> TrainResult:
+        """Train the GIoT model (and refit the bigram) on the windows; raise OSError if unsaved.
+
+        Runs on copies: scoring goes on meanwhile and switches to the new weights at the end.
+        """
+        result = self.models.train(windows, seed)
+        self.engine.model = self.models.scorer
+        return result
+
+    def state(self) -> dict[str, Any]:
+        """Engine state plus descriptions' counts and feedback."""
+        return {
+            "engine": self.engine.state_dict(),
+            "dampen": self._dampen,
+            "events": {key: dict(counts) for key, counts in self._events.items()},
+            "behaviours": {
+                key: {
+                    "flows": b.flows,
+                    "services": [[*service, n] for service, n in b.services.items()],
+                    "hours": dict(b.hours),
+                    "gaps": b.gaps,
+                    "bytes": b.bytes_per_flow,
+                }
+                for key, b in self._behaviours.items()
+            },
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore; an engine state from another version is dropped (the engine starts fresh)."""
+        try:
+            self.engine.load_state_dict(state.get("engine", {}))
+        except ValueError as err:
+            LOGGER.warning("Starting detection afresh: %s", err)
+        self._dampen = {d: dict(v) for d, v in state.get("dampen", {}).items()}
+        self._events = {d: Counter(c) for d, c in state.get("events", {}).items()}
+        for key, saved in state.get("behaviours", {}).items():
+            self._behaviours[key] = Behaviour(
+                flows=int(saved["flows"]),
+                services=Counter(
+                    {(p, int(port), sc): int(n) for p, port, sc, n in saved["services"]}
+                ),
+                hours=Counter({int(h): int(n) for h, n in saved["hours"].items()}),
+                gaps=[float(g) for g in saved["gaps"]],
+                bytes_per_flow=[int(b) for b in saved["bytes"]],
+            )
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """What GIoT knows about one watched device.
+
+    ``key`` is the Home Assistant device id for registry devices and ``net:<address>`` for
+    devices only seen on the network. ``source_entity_id`` is an entity of the registry device
+    that our entities link through (helper style: we never claim the device itself).
+    """
+
+    key: str
+    name: str
+    device_id: str | None = None
+    source_entity_id: str | None = None
+    address: str | None = None
+    score: float | None = None
+    alert_type: AlertType | None = None
+    severity: Severity | None = None
+    explanation: str | None = None
+    alarm_until: datetime | None = None
+    snoozed_until: datetime | None = None
+    last_seen: datetime | None = None
+    description: Description | None = None
+    observations: int = 0
+    last_fired: dict[AlertType, datetime] = field(default_factory=dict)
+
+    def alarm(self, now: datetime) -> bool:
+        """Whether the device is in alarm now (a snooze keeps it quiet)."""
+        if self.snoozed_until is not None and now < self.snoozed_until:
+            return False
+        return self.alarm_until is not None and now < self.alarm_until
+
+
+@dataclass(slots=True)
+class HubState:
+    """Hub-level state shown by the hub entities and kept across restarts.
+
+    ``federation_round`` is a placeholder filled in once the node link (the federation issue)
+    exists; until then it stays None and the status says why nothing happens.
+    """
+
+    model_version: str = ""
+    last_training: datetime | None = None
+    federation_round: int | None = None
+    federation_paused: bool = False
+    away_mode: bool = False
+    training: bool = False
+
+
+class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
+    """Owns the flow/event sources, the detector and the stored state of one entry.
+
+    Nothing is polled: collectors push, ``async_set_updated_data`` tells the entities.
+    """
+
+    config_entry: GIoTConfigEntry
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        entry: GIoTConfigEntry,
+        detector: Detector | None = None,
+    ) -> None:
+        """Prepare the coordinator; ``async_start`` loads state and starts the sources."""
+        self.windows = WindowStore(
+            hass,
+            retention_days=float(entry.options.get(CONF_RETENTION_DAYS, DEFAULT_RETENTION_DAYS)),
+            save_delay_s=SAVE_DELAY_S,
+        )
+        self.detector: Detector = detector or EngineDetector(self.windows.directory)
+        self.devices: dict[str, DeviceState] = {}
+        self.hub = HubState()
+        self.sensitivity = Sensitivity(entry.options.get(CONF_SENSITIVITY, DEFAULT_SENSITIVITY))
+        self.federation_enabled: bool = entry.options.get(CONF_FEDERATION, DEFAULT_FEDERATION)
+        self.node = _node_from_entry(entry)
+        self.dropped = 0
+        self.last_data: datetime | None = None
+        self.source_errors: dict[str, str] = {}
+        self.storage_free: int | None = None
+        self._started = dt_util.utcnow()
+        self._store: Store[dict[str, Any]] = Store(
+            hass, STORAGE_VERSION, f"{DOMAIN}.{entry.entry_id}", private=True
+        )
+        self._raw_flows: list[FlowRecord] = []
+        self._pending_flows: list[tuple[str, FlowRecord]] = []
+        self._buffered_windows: list[Window] = []
+        self._windows_stored = -math.inf
+        self._described: dict[str, float] = {}
+        self._pending_events: list[tuple[str, DeviceEvent]] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._train_lock = asyncio.Lock()
+        self._alert_listeners: dict[str, list[AlertListener]] = {}
+        self._unsub: list[CALLBACK_TYPE] = []
+        self._cancel_save: CALLBACK_TYPE | None = None
+        self._saved_devices: dict[str, Any] = {}
+        self._unsub_stop: CALLBACK_TYPE | None = None
+        options = entry.options
+        self.state_collector = StateCollector(
+            hass,
+            MonitoredSelection.from_options(
+                device_ids=options.get(CONF_DEVICES, []),
+                area_ids=options.get(CONF_AREAS, []),
+                label_ids=options.get(CONF_LABELS, []),
+            ),
+            self.async_add_event,
+        )
+        self.attributor = DeviceAttributor(
+            hass, self._on_new_device, storage_key=KNOWN_ADDRESSES_KEY
+        )
+        self.netflow: NetFlowListener | None = None
+        if port := options.get(CONF_NETFLOW_PORT):
+            self.netflow = NetFlowListener(hass, self.async_add_flows, port=int(port))
+        self.zeek: ZeekTail | None = None
+        if path := options.get(CONF_ZEEK_PATH):
+            self.zeek = ZeekTail(hass, path, self.async_add_flows, on_status=self._on_zeek_status)
+        # Last: this registers ``async_shutdown`` to run on unload, which needs all of the above.
+        super().__init__(hass, LOGGER, config_entry=entry, name=DOMAIN)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def async_start(self) -> None:
+        """Restore stored state, resolve the watched devices and check the flow sources."""
+        stored = await self._store.async_load() or {}
+        self._restore(stored)
+        await self.windows.async_load()
+        for key in self.windows.devices():
+            if self.windows.windows(key).shape[1] != N_POSITIONS:  # older tokenizer or model
+                self.windows.remove_device(key)
+        await self.hass.async_add_executor_job(self.detector.load_model)
+        if detector_state := await self.windows.async_load_detector_state():
+            await self.hass.async_add_executor_job(self.detector.load_state, detector_state)
+        self.hub.model_version = self.detector.model_version
+        self._resolve_devices()
+        descriptions = await self.hass.async_add_executor_job(
+            lambda: {key: self.detector.describe(key) for key in self.devices}
+        )
+        for key, description in descriptions.items():
+            self.devices[key].description = description
+        await self.attributor.async_start()
+        await self.state_collector.async_start()
+        if self.netflow is not None:
+            try:
+                await self.netflow.async_start()
+            except OSError as err:
+                self.source_errors["netflow"] = f"UDP port {self.netflow.port} ({err.strerror})"
+        if self.zeek is not None:
+            await self.zeek.async_start()
+        self._unsub.append(
+            async_track_time_interval(
+                self.hass, self._async_housekeeping, HOUSEKEEPING_INTERVAL, cancel_on_shutdown=True
+            )
+        )
+        self._unsub.append(
+            async_track_time_change(
+                self.hass, self._async_scheduled_train, hour=TRAIN_HOUR, minute=0, second=0
+            )
+        )
+        # Entries are not unloaded when Home Assistant stops: save then too.
+        self._unsub_stop = self.hass.bus.async_listen_once(
+            EVENT_HOMEASSISTANT_STOP, self._async_on_stop
+        )
+        await self._async_housekeeping(dt_util.utcnow())
+        self.async_set_updated_data(self.devices)
+
+    async def _async_on_stop(self, _event: Event) -> None:
+        self._unsub_stop = None  # a fired listen_once is gone already
+        await self.async_shutdown()
+
+    async def async_shutdown(self) -> None:
+        """Stop the sources, finish queued work and save everything."""
+        await super().async_shutdown()
+        while self._unsub:
+            self._unsub.pop()()
+        if self._unsub_stop is not None:
+            self._unsub_stop()
+            self._unsub_stop = None
+        await self.state_collector.async_stop()
+        if self.netflow is not None:
+            await self.netflow.async_stop()
+        await self.attributor.async_stop()
+        if self.zeek is not None:
+            await self.zeek.async_stop()
+        if self._cancel_save is not None:
+            self._cancel_save()
+            self._cancel_save = None
+        if self._flush_task is not None:
+            await self._flush_task
+        await self._async_store_windows()
+        await self._async_save()
+        await self.windows.async_close()
+
+    def _restore(self, stored: Mapping[str, Any]) -> None:
+        hub = stored.get("hub", {})
+        self.hub.federation_round = hub.get("federation_round")
+        self.hub.federation_paused = bool(hub.get("federation_paused", False))
+        self.hub.away_mode = bool(hub.get("away_mode", False))
+        if last := hub.get("last_training"):
+            self.hub.last_training = dt_util.parse_datetime(last)
+        # Network-only devices come back as they were; a registry device only if it is still
+        # watched (``_track_registry_device`` picks its saved snooze and count up then).
+        self._saved_devices = dict(stored.get("devices", {}))
+        for key, saved in self._saved_devices.items():
+            if key.startswith("net:"):
+                self.devices[key] = self._restored_state(key, saved["name"], saved)
+        if last_data := stored.get("last_data"):
+            self.last_data = dt_util.parse_datetime(last_data)
+
+    @staticmethod
+    def _restored_state(key: str, name: str, saved: Mapping[str, Any]) -> DeviceState:
+        state = DeviceState(key=key, name=name, address=saved.get("address"))
+        if until := saved.get("snoozed_until"):
+            state.snoozed_until = dt_util.parse_datetime(until)
+        state.observations = int(saved.get("observations", 0))
+        return state
+
+    async def _async_save(self) -> None:
+        """Hub state to HA's store; the detector's state (home behaviour) to the window store."""
+        async with self._lock:
+            detector_state = await self.hass.async_add_executor_job(self.detector.state)
+        await self.windows.async_save_detector_state(detector_state)
+        await self._store.async_save(self._snapshot())
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "hub": {
+                "federation_round": self.hub.federation_round,
+                "federation_paused": self.hub.federation_paused,
+                "away_mode": self.hub.away_mode,
+                "last_training": _iso(self.hub.last_training),
+            },
+            "devices": {
+                key: {
+                    "name": state.name,
+                    "address": state.address,
+                    "snoozed_until": _iso(state.snoozed_until),
+                    "observations": state.observations,
+                }
+                for key, state in self.devices.items()
+            },
+            "last_data": _iso(self.last_data),
+        }
+
+    @callback
+    def _async_schedule_save(self) -> None:
+        """Save soon, coalescing bursts: the detector state is read in the executor."""
+        if self._cancel_save is None:
+            self._cancel_save = async_call_later(self.hass, SAVE_DELAY_S, self._async_delayed_save)
+
+    async def _async_delayed_save(self, _now: datetime) -> None:
+        self._cancel_save = None
+        await self._async_save()
+
+    # --- devices -----------------------------------------------------------------------------
+
+    @callback
+    def _resolve_devices(self) -> None:
+        """Watch the devices the options name, directly or by area or label."""
+        options = self.config_entry.options
+        dev_reg = dr.async_get(self.hass)
+        ent_reg = er.async_get(self.hass)
+        wanted: set[str] = set(options.get(CONF_DEVICES, []))
+        for area_id in options.get(CONF_AREAS, []):
+            wanted.update(d.id for d in dr.async_entries_for_area(dev_reg, area_id))
+        for label_id in options.get(CONF_LABELS, []):
+            wanted.update(d.id for d in dr.async_entries_for_label(dev_reg, label_id))
+        for device_id in sorted(wanted):
+            if (device := dev_reg.async_get(device_id)) is not None:
+                self._track_registry_device(device, ent_reg)
+
+    def _track_registry_device(
+        self, device: dr.AnyDeviceEntry, ent_reg: er.EntityRegistry
+    ) -> DeviceState:
+        source = next(
+            (
+                e.entity_id
+                for e in sorted(
+                    er.async_entries_for_device(ent_reg, device.id), key=lambda e: e.entity_id
+                )
+                if e.platform != DOMAIN
+            ),
+            None,
+        )
+        name = device.name_by_user or device.name or device.id
+        state = self.devices.get(device.id) or self._restored_state(
+            device.id, name, self._saved_devices.get(device.id, {})
+        )
+        state.device_id, state.source_entity_id = device.id, source
+        self.devices[device.id] = state
+        return state
+
+    @callback
+    def _attribute(self, flow: FlowRecord) -> str | None:
+        """Find the watched device a flow belongs to.
+
+        A Home Assistant device where the attributor knows one, else the flow's LAN end as a
+        network-only device; a flow between remote hosts belongs to nobody.
+        """
+        attribution = self.attributor.attribute(flow)
+        # The originator is the one behaving: an unknown LAN host scanning the camera is the
+        # unknown host's anomaly, not the camera's.
+        for device_id, address in (
+            (attribution.orig_device_id, flow.orig_h),
+            (attribution.resp_device_id, flow.resp_h),
+        ):
+            if device_id is not None:
+                return self._registry_key(device_id)
+            if is_lan_ip(address):
+                key = f"net:{address}"
+                if key not in self.devices:
+                    self.devices[key] = DeviceState(key=key, name=address, address=address)
+                return key
+        return None
+
+    @callback
+    def _registry_key(self, device_id: str) -> str | None:
+        """Watch a registry device flows were attributed to (dynamic devices)."""
+        if device_id not in self.devices:
+            if (device := dr.async_get(self.hass).async_get(device_id)) is None:
+                return None
+            self._track_registry_device(device, er.async_get(self.hass))
+        return device_id
+
+    @callback
+    def _on_new_device(self, address: NewAddress) -> None:
+        """Announce an address no Home Assistant device has on the hub's network event."""
+        self._fire(
+            AlertType.NEW_DEVICE,
+            address.ip or address.key,
+            Severity.LOW,
+            f"{address.ip or address.key} appeared on the network"
+            + (f" ({address.mac})" if address.mac and address.ip else ""),
+            0.0,
+            hub=True,
+        )
+
+    # --- input -------------------------------------------------------------------------------
+
+    @callback
+    def async_add_flows(self, flows: Iterable[FlowRecord]) -> None:
+        """Collector callback: queue flows for the next batch (never blocks the loop).
+
+        Attribution to devices waits for the batch task, which does it in slices, so a big
+        decoded chunk never holds the loop for long.
+        """
+        self._raw_flows.extend(flows)
+        self._schedule_flush()
+
+    @callback
+    def async_add_event(self, event: DeviceEvent) -> None:
+        """Collector callback: queue one device event for the next batch."""
+        key = event.device_id or f"entity:{event.entity_id}"
+        if key in self.devices:
+            self._pending_events.append((key, event))
+            self._schedule_flush()
+
+    @callback
+    def _schedule_flush(self) -> None:
+        excess = (
+            len(self._raw_flows)
+            + len(self._pending_flows)
+            + len(self._pending_events)
+            - MAX_PENDING
+        )
+        if excess > 0:  # the oldest flows go first
+            self.dropped += excess
+            raw = min(excess, len(self._raw_flows))
+            del self._raw_flows[:raw]
+            del self._pending_flows[: excess - raw]
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = self.config_entry.async_create_task(
+                self.hass, self._async_flush(), "giot detector batch", eager_start=False
+            )
+
+    async def _async_attribute(self) -> None:
+        """Attribute queued flows to devices, a slice at a time, yielding the loop in between."""
+        while self._raw_flows and len(self._pending_flows) < BATCH_MAX:
+            chunk = self._raw_flows[:ATTRIBUTE_SLICE]
+            del self._raw_flows[:ATTRIBUTE_SLICE]
+            for flow in chunk:
+                if (key := self._attribute(flow)) is not None:
+                    self._pending_flows.append((key, flow))
+            await asyncio.sleep(0)
+
+    async def _async_flush(self) -> None:
+        """Score what is queued, a batch at a time, in the executor.
+
+        The loop only attributes flows (in slices), applies per-device summaries and alarms,
+        and hands windows to the store now and then: every per-record step runs in the executor.
+        """
+        last_update = time.monotonic()
+        await self._async_attribute()
+        while self._pending_flows or self._pending_events:
+            flows = self._pending_flows[:BATCH_MAX]
+            del self._pending_flows[:BATCH_MAX]
+            events = self._pending_events[:BATCH_MAX]
+            del self._pending_events[:BATCH_MAX]
+            bars = (self.threshold(is_event=False), self.threshold(is_event=True))
+            async with self._lock:
+                result = await self.hass.async_add_executor_job(
+                    self._observe, flows, events, bars, self.hub.away_mode
+                )
+            self._buffered_windows.extend(result.windows)
+            self._apply(result)
+            await self._async_attribute()
+            if time.monotonic() - last_update >= UPDATE_EVERY_S:  # under sustained load
+                last_update = time.monotonic()
+                self.async_set_updated_data(self.devices)
+        if time.monotonic() - self._windows_stored >= WINDOW_FLUSH_S:
+            await self._async_store_windows()
+        self.async_set_updated_data(self.devices)
+        self._async_schedule_save()
+
+    async def _async_store_windows(self) -> None:
+        """Hand buffered windows to the store, one device at a time (each add copies its array)."""
+        self._windows_stored = time.monotonic()
+        buffered, self._buffered_windows = self._buffered_windows, []
+        by_key: dict[str, list[tuple[np.ndarray, float]]] = {}
+        for key, window, ts in buffered:
+            by_key.setdefault(key, []).append((window, ts))
+        for key, items in by_key.items():
+            self.windows.add(key, np.stack([w for w, _ in items]), np.array([t for _, t in items]))
+            await asyncio.sleep(0)
+
+    def _observe(
+        self,
+        flows: Sequence[tuple[str, FlowRecord]],
+        events: Sequence[tuple[str, DeviceEvent]],
+        bars: tuple[float, float],
+        away: bool,
+    ) -> BatchResult:
+        """Executor side: score, reduce verdicts to what the loop needs, describe, take windows.
+
+        Descriptions are refreshed at most every ``DESCRIBE_EVERY_S`` per device.
+        """
+        verdicts = self.detector.observe_flows(flows) if flows else []
+        if events:
+            verdicts += self.detector.observe_events(events)
+        result = BatchResult()
+        for verdict in verdicts:
+            count, _ = result.devices.get(verdict.device, (0, 0.0))
+            result.devices[verdict.device] = (count + 1, verdict.score)
+            if _alarming(verdict, bars[verdict.is_event]) or (away and verdict.user_initiated):
+                result.alarming.append(verdict)
+        now = time.monotonic()
+        for key in result.devices:
+            if now - self._described.get(key, -math.inf) >= DESCRIBE_EVERY_S:
+                self._described[key] = now
+                result.descriptions[key] = self.detector.describe(key)
+        result.windows = self.detector.drain_windows()
+        return result
+
+    def threshold(self, *, is_event: bool) -> float:
+        """Where the bar sits in nats over the engine's: sensitivity, lowered in away mode."""
+        value = SENSITIVITY_OFFSET[self.sensitivity]
+        if self.hub.away_mode:
+            value += AWAY_EVENT_OFFSET if is_event else AWAY_FLOW_OFFSET
+        return value
+
+    @callback
+    def _apply(self, result: BatchResult) -> None:
+        now = dt_util.utcnow()
+        self.last_data = now
+        for key, description in result.descriptions.items():
+            self.devices[key].description = description
+        for key, (count, score) in result.devices.items():
+            state = self.devices[key]
+            state.last_seen = now
+            state.observations += count
+            state.score = score
+        for verdict in result.alarming:
+            state = self.devices[verdict.device]
+            explanation = verdict.explanation
+            if self.hub.away_mode and verdict.user_initiated:
+                # Away mode expects nobody to operate anything by hand.
+                explanation = f"{explanation or 'operated'} by hand while the home is away"
+            alert = FAMILY_TO_ALERT.get(verdict.family or "", AlertType.UNUSUAL_ACTIVITY)
+            severity = Severity(verdict.severity) if verdict.severity else Severity.LOW
+            state.alarm_until = now + ALARM_HOLD
+            state.alert_type, state.severity, state.explanation = alert, severity, explanation
+            if state.alarm(now) and now - state.last_fired.get(alert, now - ALARM_HOLD) >= (
+                ALARM_HOLD
+            ):
+                state.last_fired[alert] = now
+                self._fire(alert, state.key, severity, explanation, verdict.score)
+
+    # --- alerts ------------------------------------------------------------------------------
+
+    @callback
+    def async_subscribe_alerts(self, key: str, listener: AlertListener) -> CALLBACK_TYPE:
+        """Call ``listener`` with every alert of device ``key`` (``hub`` for new devices)."""
+        self._alert_listeners.setdefault(key, []).append(listener)
+
+        @callback
+        def _unsubscribe() -> None:
+            self._alert_listeners[key].remove(listener)
+
+        return _unsubscribe
+
+    @callback
+    def _fire(
+        self,
+        alert: AlertType,
+        key: str,
+        severity: Severity,
+        explanation: str,
+        score: float,
+        *,
+        hub: bool = False,
+    ) -> None:
+        data: dict[str, Any] = {
+            "severity": severity.value,
+            "explanation": explanation,
+            "score": round(score, 4),
+        }
+        if hub:
+            data["device"] = key
+        for listener in list(self._alert_listeners.get(HUB_KEY if hub else key, [])):
+            listener(alert, data)
+
+    # --- actions -----------------------------------------------------------------------------
+
+    async def async_describe(self, key: str) -> Description:
+        """Describe a device now (in the executor)."""
+        async with self._lock:
+            description = await self.hass.async_add_executor_job(self.detector.describe, key)
+        self.devices[key].description = description
+        return description
+
+    async def async_mark_normal(self, key: str) -> None:
+        """Feedback: the device's recent alarm was normal.
+
+        Its later scores of that kind drop at once; its recent windows go into the window store
+        as feedback, which local training learns repeated ``FEEDBACK_REPEAT`` times.
+        """
+        async with self._lock:
+            windows = await self.hass.async_add_executor_job(self.detector.mark_normal, key)
+        if len(windows):
+            self.windows.add(f"{FEEDBACK_PREFIX}{key}", windows, dt_util.utcnow().timestamp())
+        state = self.devices[key]
+        state.alarm_until = None
+        state.last_fired.clear()
+        self.async_set_updated_data(self.devices)
+        self._async_schedule_save()
+
+    @callback
+    def async_snooze(self, key: str, duration: timedelta) -> None:
+        """Keep a device's alarm and alerts quiet for ``duration`` (it is still scored)."""
+        self.devices[key].snoozed_until = dt_util.utcnow() + duration
+        self.async_set_updated_data(self.devices)
+        self._async_schedule_save()
+
+    def training_windows(self) -> np.ndarray:
+        """Every stored window of the model's width, feedback windows repeated (extra weight)."""
+        normal: list[np.ndarray] = []
+        feedback: list[np.ndarray] = []
+        for key in self.windows.devices():
+            windows = self.windows.windows(key)
+            if windows.shape[1] == N_POSITIONS:
+                (feedback if key.startswith(FEEDBACK_PREFIX) else normal).append(windows)
+        parts = normal + feedback * FEEDBACK_REPEAT
+        return np.concatenate(parts) if parts else np.zeros((0, N_POSITIONS), np.int32)
+
+    def new_windows(self) -> int:
+        """Windows stored since the last local training."""
+        since = self.hub.last_training.timestamp() if self.hub.last_training else float("-inf")
+        return sum(
+            int((self.windows.timestamps(key) > since).sum()) for key in self.windows.devices()
+        )
+
+    async def async_train(self) -> TrainResult | None:
+        """Train the local model now on the stored windows (executor), keep it, record it.
+
+        Scoring goes on meanwhile (training works on copies). Nothing to train on: None. A
+        failed write keeps the previous model, raises the storage repair and the error.
+        """
+        async with self._train_lock:
+            await self._async_store_windows()
+            windows = self.training_windows()
+            if len(windows) == 0:
+                return None
+            self.hub.training = True
+            self.async_update_listeners()
+            seed = int(dt_util.utcnow().timestamp())
+            try:
+                result = await self.hass.async_add_executor_job(self.detector.train, windows, seed)
+            except OSError as err:
+                self._async_update_issues(dt_util.utcnow())
+                raise HomeAssistantError(
+                    translation_domain=DOMAIN,
+                    translation_key="model_not_saved",
+                    translation_placeholders={"error": str(err)},
+                ) from err
+            finally:
+                self.hub.training = False
+                self.async_update_listeners()
+            LOGGER.debug("Local training: %s", result)
+            self.hub.model_version = result.version
+            self.hub.last_training = dt_util.utcnow()
+            self._async_update_issues(self.hub.last_training)
+            self.async_set_updated_data(self.devices)
+            self._async_schedule_save()
+            return result
+
+    async def _async_scheduled_train(self, _now: datetime) -> None:
+        """Nightly: train when enough new windows came in since the last training."""
+        if self.new_windows() < TRAIN_MIN_NEW_WINDOWS:
+            return
+        try:
+            await self.async_train()
+        except HomeAssistantError as err:
+            LOGGER.warning("Scheduled local training failed: %s", err)
+
+    @callback
+    def async_set_hub_flag(self, flag: str, value: bool) -> None:
+        """Switch away mode or the federation pause and remember it."""
+        setattr(self.hub, flag, value)
+        self.async_set_updated_data(self.devices)
+        self._async_schedule_save()
+
+    @property
+    def federation_status(self) -> FederationStatus:
+        """Placeholder status until the node link (federation issue) reports real rounds."""
+        if not self.federation_enabled:
+            return FederationStatus.DISABLED
+        if self.hub.federation_paused:
+            return FederationStatus.PAUSED
+        if self.hub.training:
+            return FederationStatus.TRAINING
+        if self.node is None:
+            return FederationStatus.NO_NODE
+        return FederationStatus.IDLE
+
+    # --- health and repairs ------------------------------------------------------------------
+
+    @callback
+    def _on_zeek_status(self, status: TailStatus, error: str | None) -> None:
+        """Raise or clear the unreadable-source repair as soon as the tail's health changes."""
+        if status in (TailStatus.OK, TailStatus.STARTING):
+            self.source_errors.pop("zeek", None)
+        else:
+            self.source_errors["zeek"] = f"{self.config_entry.options[CONF_ZEEK_PATH]} ({error})"
+        self._async_update_issues(dt_util.utcnow())
+
+    @property
+    def has_sources(self) -> bool:
+        """Whether anything is configured that should be delivering data."""
+        options = self.config_entry.options
+        return bool(
+            options.get(CONF_NETFLOW_PORT)
+            or options.get(CONF_ZEEK_PATH)
+            or any(state.device_id for state in self.devices.values())
+        )
+
+    async def _async_housekeeping(self, now: datetime) -> None:
+        """Expire snoozes, clear held alarms, and raise or clear repair issues."""
+        for state in self.devices.values():
+            if state.snoozed_until is not None and now >= state.snoozed_until:
+                state.snoozed_until = None
+        self.storage_free = await self.hass.async_add_executor_job(
+            _free_bytes, self.hass.config.path()
+        )
+        self._async_update_issues(now)
+        self.async_set_updated_data(self.devices)
+
+    @callback
+    def _async_update_issues(self, now: datetime) -> None:
+        for source in ("zeek", "netflow"):
+            issue_id = f"flow_source_unreadable_{source}"
+            if (detail := self.source_errors.get(source)) is not None:
+                ir.async_create_issue(
+                    self.hass,
+                    DOMAIN,
+                    issue_id,
+                    is_fixable=False,
+                    severity=ir.IssueSeverity.ERROR,
+                    translation_key="flow_source_unreadable",
+                    translation_placeholders={"source": source, "detail": detail},
+                )
+            else:
+                ir.async_delete_issue(self.hass, DOMAIN, issue_id)
+        since = max(self.last_data or self._started, self._started)
+        if self.has_sources and now - since >= NO_DATA_AFTER:
+            ir.async_create_issue(
+                self.hass,
+                DOMAIN,
+                "no_data",
+                is_fixable=False,
+                severity=ir.IssueSeverity.WARNING,
+                translation_key="no_data",
+            )
+        else:
+            ir.async_delete_issue(self.hass, DOMAIN, "no_data")
+        if (
+            self.windows.disk_full
+            or self.detector.model_info.get("disk_full")
+            or (self.storage_free is not None and self.storage_free < MIN_FREE_BYTES)
+        ):
+            ir.async_create_issue(
+                self.hass,
+                DOMAIN,
+                "storage_full",
+                is_fixable=False,
+                severity=ir.IssueSeverity.ERROR,
+                translation_key="storage_full",
+                translation_placeholders={"free_mb": str((self.storage_free or 0) // 2**20)},
+            )
+        else:
+            ir.async_delete_issue(self.hass, DOMAIN, "storage_full")
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What the loop needs of a scored batch.
+
+    Per device (count, last score), the alarming verdicts in order, refreshed descriptions and
+    new windows: the loop's work is per device and per alarm, not per record.
+    """
+
+    devices: dict[str, tuple[int, float]] = field(default_factory=dict)
+    alarming: list[Verdict] = field(default_factory=list)
+    descriptions: dict[str, Description] = field(default_factory=dict)
+    windows: list[Window] = field(default_factory=list)
+
+
+def _alarming(verdict: Verdict, bar: float) -> bool:
+    """Raise the bar over the engine's decision, or lower it for warmed-up devices."""
+    if bar >= 0:
+        return verdict.alarm and verdict.score >= bar
+    return verdict.alarm or (verdict.warmed and verdict.score >= bar)
+
+
 @dataclass(slots=True)
 class GIoTRuntimeData:
     """What a loaded entry holds; it lives exactly as long as the entry is loaded."""
 
-    node: NodeAddress | None
+    coordinator: GIoTCoordinator
 
-    @classmethod
-    def from_entry(cls, entry: ConfigEntry) -> GIoTRuntimeData:
-        """Read the entry's data: without a node, detection still runs locally."""
-        host = entry.data.get(CONF_NODE_HOST)
-        port = entry.data.get(CONF_NODE_PORT)
-        node = NodeAddress(host, int(port)) if host and port else None
-        return cls(node=node)
+    @property
+    def node(self) -> NodeAddress | None:
+        """The node remembered by discovery or reconfiguration; None means local detection only."""
+        return self.coordinator.node
+
+
+async def async_remove_stored_data(hass: HomeAssistant, entry: ConfigEntry) -> None:
+    """Delete the hub state, the attributor's known addresses, windows and detector state."""
+    await Store[dict[str, Any]](hass, STORAGE_VERSION, f"{DOMAIN}.{entry.entry_id}").async_remove()
+    await Store[dict[str, Any]](hass, 1, KNOWN_ADDRESSES_KEY).async_remove()
+    directory = hass.config.path(".storage", DOMAIN)
+    await hass.async_add_executor_job(partial(shutil.rmtree, directory, ignore_errors=True))
+
+
+def _node_from_entry(entry: ConfigEntry) -> NodeAddress | None:
+    """Read the entry's node address: without one, detection still runs locally."""
+    host = entry.data.get(CONF_NODE_HOST)
+    port = entry.data.get(CONF_NODE_PORT)
+    return NodeAddress(host, int(port)) if host and port else None
+
+
+def _free_bytes(path: str) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,67 @@
+"""Diagnostics: what GIoT watches and how its sources and store are doing, addresses redacted."""
+
+from typing import Any
+
+from homeassistant.components.diagnostics import async_redact_data
+from homeassistant.core import HomeAssistant
+from homeassistant.util import dt as dt_util
+
+from .const import CONF_NODE_HOST, CONF_ZEEK_PATH
+from .coordinator import GIoTConfigEntry
+
+# Addresses and paths say where the home's devices and logs are: never in a shared report.
+TO_REDACT = {CONF_NODE_HOST, CONF_ZEEK_PATH, "address", "name", "path", "detail", "explanation"}
+
+
+async def async_get_config_entry_diagnostics(
+    hass: HomeAssistant, entry: GIoTConfigEntry
+) -> dict[str, Any]:
+    """Return diagnostics for the entry; device keys of network-only devices are numbered."""
+    coordinator = entry.runtime_data.coordinator
+    now = dt_util.utcnow()
+    devices = []
+    for index, state in enumerate(coordinator.devices.values()):
+        devices.append(
+            {
+                "key": state.key if state.device_id else f"network_device_{index}",
+                "name": state.name,
+                "address": state.address,
+                "linked": state.source_entity_id is not None,
+                "score": state.score,
+                "alarm": state.alarm(now),
+                "alert_type": state.alert_type,
+                "severity": state.severity,
+                "explanation": state.explanation,
+                "snoozed": state.snoozed_until is not None,
+                "observations": state.observations,
+            }
+        )
+    sources: dict[str, Any] = {
+        "state_collector": coordinator.state_collector.stats.as_dict(),
+        "attribution": coordinator.attributor.stats.as_dict(),
+    }
+    if coordinator.netflow is not None:
+        sources["netflow"] = coordinator.netflow.stats.as_dict()
+    if coordinator.zeek is not None:
+        sources["zeek"] = {"status": coordinator.zeek.status, **coordinator.zeek.stats.as_dict()}
+    return async_redact_data(
+        {
+            "entry": {"data": dict(entry.data), "options": dict(entry.options)},
+            "hub": {
+                "model_version": coordinator.hub.model_version,
+                "last_training": coordinator.hub.last_training,
+                "federation_round": coordinator.hub.federation_round,
+                "federation_status": coordinator.federation_status,
+                "federation_paused": coordinator.hub.federation_paused,
+                "away_mode": coordinator.hub.away_mode,
+                "sensitivity": coordinator.sensitivity,
+            },
+            "model": coordinator.detector.model_info,
+            "devices": devices,
+            "sources": sources,
+            "failing_sources": sorted(coordinator.source_errors),  # details hold paths
+            "store": coordinator.windows.stats.as_dict(),
+            "dropped": coordinator.dropped,
+        },
+        TO_REDACT,
+    )

@@ -1,0 +1,352 @@
+"""The GIoT model of one entry: load it, score with it, train it locally, save it safely.
+
+The model is the engine's numpy GPT-2 (``GIoTModel``), kept in Hugging Face layout under
+``.storage/giot/model/`` (config.json, model.safetensors, tokenizer.json) so that a global model
+from the federation can be dropped in there, together with what local training needs to resume
+(AdamW state), the bigram counts and a small ``giot.json`` (version, how much it has learnt).
+
+A freshly initialised model predicts nothing, so the detector scores with bigram counts fitted on
+the stored windows until the model's loss on those windows beats the bigram's; from then on it
+scores with the model, mixed with the bigram at ``BIGRAM_WEIGHT`` (a floor for transitions the
+model has not learnt yet). ``scorer`` says which is active.
+
+Training works on copies of the weights and the optimizer; they replace the live ones only after
+the whole directory was written and swapped in (temporary directory, fsync, rename), so a failed
+write (a full disk) leaves both the file and the scoring model as they were.
+"""
+
+import ctypes
+import errno
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .const import LOGGER
+from .engine.detector import BigramModel
+from .engine.model import GIoTConfig, GIoTModel
+from .engine.tokenizer import Vocabulary
+from .engine.train import AdamW, train_windows
+
+# docs/results/cost.md, recommended default: width 64, 2 layers, 2 heads, 64 positions.
+N_EMBD = 64
+N_LAYER = 2
+N_HEAD = 2
+N_POSITIONS = 64
+INIT_SEED = 0
+BIGRAM_WEIGHT = 0.1
+# One training run: at most this many AdamW steps of BATCH windows and this much time (both
+# bound the hub's CPU use: docs/results/ha_load.md measures a run), at least MIN_STEPS.
+BATCH = 32
+MAX_STEPS = 200
+MIN_STEPS = 20
+MAX_SECONDS = 120.0
+CHUNK_STEPS = 10
+LEARNING_RATE = 1e-3
+EVAL_WINDOWS = 256
+
+META_FILE = "giot.json"
+OPTIMIZER_FILE = "optimizer.npz"
+BIGRAM_FILE = "bigram.npz"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """What one local training run did (losses are mean NLL per token on the stored windows)."""
+
+    version: str
+    steps: int
+    windows: int
+    seconds: float
+    loss_before: float
+    loss_after: float
+    bigram_loss: float
+    scorer: str
+
+
+class BlendScorer:
+    """The detector's ``TokenScorer``: bigram counts, or the GIoT model mixed with them."""
+
+    def __init__(self, model: GIoTModel, bigram: BigramModel, *, use_model: bool) -> None:
+        """Score with the bigram alone unless ``use_model``."""
+        self.model = model
+        self.bigram = bigram
+        self.use_model = use_model
+
+    def token_nll(self, ids: np.ndarray) -> np.ndarray:
+        """-log of the mixture probability of each next token."""
+        bigram = np.asarray(self.bigram.token_nll(ids), np.float64)
+        if not self.use_model:
+            return bigram
+        model = np.asarray(self.model.token_nll(np.asarray(ids, np.int64)), np.float64)
+        mixed: np.ndarray = -np.logaddexp(
+            math.log(1.0 - BIGRAM_WEIGHT) - model, math.log(BIGRAM_WEIGHT) - bigram
+        )
+        return mixed
+
+
+class ModelManager:
+    """Owns one entry's GIoT model and its files; every method here runs in the executor."""
+
+    def __init__(self, directory: Path | None, vocab: Vocabulary) -> None:
+        """Start from a fresh model; ``load`` reads the saved one (``directory`` None: no files)."""
+        self.directory = directory
+        self.vocab = vocab
+        self.config = GIoTConfig(
+            vocab_size=len(vocab),
+            n_positions=N_POSITIONS,
+            n_embd=N_EMBD,
+            n_layer=N_LAYER,
+            n_head=N_HEAD,
+        )
+        self.optimizer = AdamW(lr=LEARNING_RATE)
+        self.meta: dict[str, Any] = {"version": 0, "trained_windows": 0, "use_model": False}
+        self.scorer = BlendScorer(
+            GIoTModel.init(self.config, INIT_SEED),
+            BigramModel(np.zeros((len(vocab), len(vocab)))),
+            use_model=False,
+        )
+        self.last: TrainResult | None = None
+        self.write_errors = 0
+        self.disk_full = False
+        self.last_error: str | None = None
+
+    # -- what it is -----------------------------------------------------------------------------
+
+    @property
+    def model(self) -> GIoTModel:
+        """The model that scores (or will, once trained enough)."""
+        return self.scorer.model
+
+    @property
+    def version(self) -> str:
+        """Name the weights: giot-<n> after n local trainings, giot-global if dropped in."""
+        version = int(self.meta.get("version", 0))
+        if version:
+            return f"giot-{version}"
+        return "giot-global" if self.meta.get("source") == "global" else "giot-untrained"
+
+    @property
+    def active(self) -> str:
+        """Which scorer the detector uses now: ``giot`` (mixed with the bigram) or ``bigram``."""
+        return "giot" if self.scorer.use_model else "bigram"
+
+    def info(self) -> dict[str, Any]:
+        """Plain values for diagnostics and the model-version sensor."""
+        last = self.last
+        return {
+            "scorer": self.active,
+            "bigram_weight": BIGRAM_WEIGHT if self.scorer.use_model else 1.0,
+            "parameters": self.model.num_parameters(),
+            "config": {
+                "n_embd": self.config.n_embd,
+                "n_layer": self.config.n_layer,
+                "n_head": self.config.n_head,
+                "n_positions": self.config.n_positions,
+                "vocab_size": self.config.vocab_size,
+            },
+            "trained_windows": int(self.meta.get("trained_windows", 0)),
+            "optimizer_steps": self.optimizer.step_count,
+            "last_loss": self.meta.get("loss"),
+            "last_bigram_loss": self.meta.get("bigram_loss"),
+            "last_training_steps": last.steps if last else None,
+            "last_training_seconds": round(last.seconds, 2) if last else None,
+            "disk_full": self.disk_full,
+            "write_errors": self.write_errors,
+            "last_write_error": self.last_error,
+        }
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the saved model; a missing or unreadable one leaves the fresh model in place."""
+        limit_blas_threads()
+        if self.directory is None:
+            return
+        _recover(self.directory)
+        if not (self.directory / "config.json").is_file():
+            return
+        try:
+            model = GIoTModel.from_pretrained(self.directory)
+            if model.config.vocab_size != len(self.vocab):
+                raise ValueError(
+                    f"vocabulary of {model.config.vocab_size} tokens, expected {len(self.vocab)}"
+                )
+            meta_path = self.directory / META_FILE
+            # No giot.json: a model from elsewhere (the federation's global model), trained.
+            meta: dict[str, Any] = (
+                json.loads(meta_path.read_text())
+                if meta_path.is_file()
+                else {"version": 0, "source": "global", "trained_windows": 0, "use_model": True}
+            )
+            optimizer = AdamW(lr=LEARNING_RATE)
+            if (path := self.directory / OPTIMIZER_FILE).is_file():
+                with np.load(path, allow_pickle=False) as data:
+                    optimizer.load_state_dict(dict(data))
+            counts = np.zeros((len(self.vocab), len(self.vocab)))
+            if (path := self.directory / BIGRAM_FILE).is_file():
+                with np.load(path, allow_pickle=False) as data:
+                    counts = np.asarray(data["counts"], np.float64)
+            if counts.shape != (len(self.vocab), len(self.vocab)):
+                raise ValueError(f"bigram counts of shape {counts.shape}")
+        except (OSError, ValueError, KeyError) as err:
+            LOGGER.warning("Starting from a fresh GIoT model: the saved one is unreadable: %s", err)
+            return
+        self.config, self.optimizer, self.meta = model.config, optimizer, meta
+        self.scorer = BlendScorer(
+            model, BigramModel(counts), use_model=bool(meta.get("use_model", False))
+        )
+
+    def _write(
+        self, model: GIoTModel, optimizer: AdamW, counts: np.ndarray, meta: dict[str, Any]
+    ) -> None:
+        """Write the whole directory beside the old one, then swap it in (old kept on error)."""
+        if self.directory is None:
+            return
+        parent = self.directory.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.", suffix=".tmp", dir=parent))
+        try:
+            model.save_pretrained(tmp)
+            (tmp / TOKENIZER_FILE).write_text(json.dumps(self.vocab.to_tokenizers_json()))
+            with (tmp / OPTIMIZER_FILE).open("wb") as handle:
+                np.savez(handle, allow_pickle=False, **optimizer.state_dict())
+            with (tmp / BIGRAM_FILE).open("wb") as handle:
+                np.savez(handle, allow_pickle=False, counts=counts)
+            (tmp / META_FILE).write_text(json.dumps(meta))
+            for path in tmp.iterdir():
+                with path.open("rb+") as handle:
+                    os.fsync(handle.fileno())
+            old = parent / f".{self.directory.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if self.directory.exists():
+                os.replace(self.directory, old)
+            os.replace(tmp, self.directory)
+            shutil.rmtree(old, ignore_errors=True)
+            _fsync_dir(parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # -- training -------------------------------------------------------------------------------
+
+    def train(self, windows: np.ndarray, seed: int) -> TrainResult:
+        """Train copies on ``windows`` (N, T), save them, then let them score.
+
+        Raises ``OSError`` when the files could not be written; nothing changes then.
+        """
+        windows = np.asarray(windows, np.int64)
+        model = GIoTModel(self.model.config, {k: v.copy() for k, v in self.model.params.items()})
+        optimizer = AdamW(lr=self.optimizer.lr)
+        if self.optimizer.step_count:
+            optimizer.load_state_dict(self.optimizer.state_dict())
+        rng = np.random.default_rng(seed)
+        held = windows[rng.choice(len(windows), min(EVAL_WINDOWS, len(windows)), replace=False)]
+        bigram = BigramModel.fit(windows, len(self.vocab))
+        loss_before = float(model.token_nll(held).mean())
+        steps = min(MAX_STEPS, max(MIN_STEPS, math.ceil(2 * len(windows) / BATCH)))
+        start, done = time.monotonic(), 0
+        while done < steps and time.monotonic() - start < MAX_SECONDS:
+            chunk = min(CHUNK_STEPS, steps - done)
+            train_windows(model, windows, chunk, min(BATCH, len(windows)), seed, optimizer)
+            done += chunk
+        seconds = time.monotonic() - start
+        loss_after = float(model.token_nll(held).mean())
+        bigram_loss = float(bigram.token_nll(held).mean())
+        meta = {
+            "version": int(self.meta.get("version", 0)) + 1,
+            "trained_windows": int(self.meta.get("trained_windows", 0))
+            + done * min(BATCH, len(windows)),
+            # The model scores once it predicts the home's windows better than bigram counts do.
+            "use_model": bool(self.meta.get("use_model")) or loss_after < bigram_loss,
+            "loss": round(loss_after, 4),
+            "bigram_loss": round(bigram_loss, 4),
+            "vocab": self.vocab.version,
+        }
+        try:
+            self._write(model, optimizer, bigram.counts, meta)
+        except OSError as err:
+            self._record_error(err)
+            raise
+        self.disk_full = False
+        self.optimizer, self.meta = optimizer, meta
+        self.scorer = BlendScorer(model, bigram, use_model=bool(meta["use_model"]))
+        self.last = TrainResult(
+            self.version,
+            done,
+            len(windows),
+            seconds,
+            loss_before,
+            loss_after,
+            bigram_loss,
+            self.active,
+        )
+        return self.last
+
+    def _record_error(self, err: OSError) -> None:
+        self.write_errors += 1
+        self.last_error = f"{errno.errorcode.get(err.errno or 0, 'OSError')}: {err}"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.disk_full = True
+        LOGGER.error("GIoT could not save its trained model (the previous one is kept): %s", err)
+
+
+def limit_blas_threads() -> bool:
+    """Run numpy's OpenBLAS on one thread; return whether it was found.
+
+    GIoT's matrix products are tiny (64 wide): OpenBLAS threads only add hand-offs and spin
+    on cores Home Assistant needs. Measured on the shared 2-core development machine: scoring a
+    64-token window took 28 ms with OpenBLAS's default threads and 0.64 ms with one, a training
+    step 245 ms against 65 ms. The setting is process-wide (OpenBLAS has no per-call one).
+    """
+    global _BLAS_LIMITED  # noqa: PLW0603
+    if _BLAS_LIMITED is not None:
+        return _BLAS_LIMITED
+    _BLAS_LIMITED = False
+    libs = Path(np.__file__).parent.parent / "numpy.libs"
+    for path in sorted(libs.glob("*openblas*")) if libs.is_dir() else []:
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        for name in (
+            "scipy_openblas_set_num_threads64_",
+            "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_",
+            "openblas_set_num_threads",
+        ):
+            if (setter := getattr(lib, name, None)) is not None:
+                setter(1)
+                _BLAS_LIMITED = True
+                return True
+    return False
+
+
+_BLAS_LIMITED: bool | None = None
+
+
+def _recover(directory: Path) -> None:
+    """Finish or undo a swap a crash interrupted, and drop half-written temporary directories."""
+    old = directory.parent / f".{directory.name}.old"
+    if not directory.exists() and old.is_dir():
+        os.replace(old, directory)
+    if directory.parent.is_dir():
+        for path in directory.parent.glob(f".{directory.name}.*.tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
