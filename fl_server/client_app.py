@@ -25,6 +25,7 @@ from flwr.clientapp import ClientApp
 from fl_server.data import Windows, load_partition
 from giot_engine import gsfs
 from giot_engine.model import GIoTConfig, GIoTModel
+from giot_engine.tokenizer import PAD_ID
 from giot_engine.train import AdamW, train_windows
 
 F32 = npt.NDArray[np.float32]
@@ -51,18 +52,22 @@ RUN_DEFAULTS: dict[str, ConfigValue] = {
     "n-layer": 2,
     "n-head": 2,
     # data
-    "data-source": "synthetic",
+    "data-source": "synthetic",  # synthetic | corpus (IoT-23 + home logs under data-dir)
+    "data-dir": "",
     "windows-per-node": 64,
     "window-len": 16,
     # GSFS server
-    "server-opt": "adam",
+    "server-opt": "adam",  # GSFS server optimiser: adam | sgd | sgdm (FedAvgM)
     "gsfs-server-lr": 3e-3,
+    "gsfs-server-momentum": 0.9,  # Adam's beta1, or FedAvgM's momentum
+    "gsfs-mean-over": "senders",  # or "all": unsent coordinates count as zeros (DGC-style)
     "server-lr": 1e-2,  # FedAdam's eta
     "gsfs-default-budget": 16384,
     "gsfs-min-budget": 256,
     "gsfs-max-budget": 4 << 20,
     "gsfs-target-round-s": 30.0,
     "gsfs-deadline-quantile": 0.9,
+    "gsfs-initial-deadline-s": 0.0,  # 0: wait up to round-timeout while nodes are unmeasured
     "gsfs-min-steps": 1,
     "gsfs-max-steps": 20,
     "downlink-threshold": 1e-3,
@@ -137,15 +142,39 @@ def local_train(
     model: GIoTModel = (
         _ProxModel(mcfg, own, proximal_mu) if proximal_mu > 0 else GIoTModel(mcfg, own)
     )
+    # Real-data windows are PAD-filled: padding is not a behaviour to learn.
+    mask = windows[:, 1:] != PAD_ID if cfg["data-source"] != "synthetic" else None
     report = train_windows(
         model,
         windows,
         steps,
         int(cfg["batch-size"]),
-        seed,
+        seed,  # per round and node (``_round_seed``): a fresh optimiser must not replay batches
         AdamW(lr=float(cfg["lr"])),
+        mask,
     )
     return dict(model.params), float(report.mean_loss)
+
+
+def examples_processed(cfg: Mapping[str, Any], windows: Windows, steps: int) -> int:
+    """Weigh a reply by the windows trained on this round (steps x batch), 0 if none counts.
+
+    Every node runs a set number of steps, so this, not the size of the node's store, is how
+    much its update saw (FedAvg's n_k for E epochs is the same quantity). Weighting by store
+    size would let the few homes with the longest logs set the global model alone; a node whose
+    windows hold no scored token has nothing to teach and answers 0 (rejected, logged).
+    """
+    if cfg["data-source"] != "synthetic" and not np.any(windows[:, 1:] != PAD_ID):
+        return 0
+    return steps * int(cfg["batch-size"])
+
+
+def train_flops(
+    cfg: Mapping[str, Any], params: Mapping[str, np.ndarray], steps: int, width: int
+) -> float:
+    """Work of ``steps`` training steps: 6 FLOPs per parameter per processed token (Kaplan 2020)."""
+    n = sum(int(v.size) for v in params.values())
+    return 6.0 * n * steps * int(cfg["batch-size"]) * width
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -228,13 +257,14 @@ def train_gsfs(msg: Message, context: Context, cfg: Mapping[str, Any], windows: 
     state["gsfs.meta"] = ConfigRecord({"state-id": new_state})
     state["gsfs.residual"] = ArrayRecord({k: Array(v) for k, v in enc.residual.items()})
     metrics: dict[str, int | float] = {
-        "num-examples": len(windows),
+        "num-examples": examples_processed(cfg, windows, steps),
         "train-loss": loss,
         "compute-s": compute_s,
         "local-steps": steps,
         "state-id": new_state,
         "downlink-ok": 1,
         "payload-bytes": enc.nbytes,
+        "compute-flops": train_flops(cfg, held, steps, windows.shape[1]),
     }
     return _reply(msg, enc.payload, metrics)
 
@@ -258,9 +288,10 @@ def train_dense(
         proximal_mu=mu,
     )
     metrics = {
-        "num-examples": len(windows),
+        "num-examples": examples_processed(cfg, windows, int(cfg["local-steps"])),
         "train-loss": loss,
         "compute-s": time.process_time() - t0,
+        "compute-flops": train_flops(cfg, params, int(cfg["local-steps"]), windows.shape[1]),
     }
     return _reply(msg, local, metrics)
 

@@ -1,14 +1,15 @@
-"""Where a node's token windows come from: a pluggable source, synthetic until real data plugs in.
+"""Where a node's token windows come from: a pluggable source (real captures, or synthetic).
 
 ``load_partition(partition_id, num_partitions, run_config)`` is the one entry point the ClientApp
-uses. The source is picked by ``run_config["data-source"]``; real sources (IoT-23 captures, public
-home logs, tokenised by the engine) register themselves with ``register_source`` and take paths
-from the run config, so the federation code does not change when they arrive.
+uses. The source is picked by ``run_config["data-source"]``; sources register themselves with
+``register_source`` and take paths from the run config.
 
-The built-in ``"synthetic"`` source is deterministic per (seed, partition) and non-IID by
-construction: each partition is a different Markov chain over a partly private slice of the
-vocabulary, the way two homes differ in devices and habits, with a shared "protocol" part so a
-global model has something common to learn.
+``"corpus"`` (``fl_server.simulation.corpus``) makes every IoT-23 capture and home event log
+under ``run_config["data-dir"]`` one or more hubs, tokenised by the engine. The built-in
+``"synthetic"`` source is deterministic per (seed, partition) and non-IID by construction:
+each partition is a different Markov chain over a partly private slice of the vocabulary, the
+way two homes differ in devices and habits, with a shared "protocol" part so a global model has
+something common to learn.
 """
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ def _synthetic(partition_id: int, num_partitions: int, cfg: Mapping[str, object]
 
 
 register_source("synthetic", _synthetic)
+
+
+def _corpus(partition_id: int, num_partitions: int, cfg: Mapping[str, object]) -> Windows:
+    from fl_server.simulation.corpus import corpus_source  # noqa: PLC0415 (loads data lazily)
+
+    return corpus_source(partition_id, num_partitions, cfg)
+
+
+register_source("corpus", _corpus)
 
 
 def load_partition(

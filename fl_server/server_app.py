@@ -42,6 +42,7 @@ def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
             max_steps=int(cfg["gsfs-max-steps"]),
             max_deadline_s=float(cfg["round-timeout"]),
             deadline_quantile=float(cfg["gsfs-deadline-quantile"]),
+            initial_deadline_s=float(cfg["gsfs-initial-deadline-s"]) or None,
         )
         gcfg = GSFSConfig(
             fraction_train=float(cfg["fraction-train"]),
@@ -49,6 +50,8 @@ def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
             fraction_evaluate=float(cfg["fraction-evaluate"]),
             server_opt=str(cfg["server-opt"]),
             server_lr=float(cfg["gsfs-server-lr"]),
+            beta1=float(cfg["gsfs-server-momentum"]),
+            mean_over=str(cfg["gsfs-mean-over"]),
             downlink_threshold=float(cfg["downlink-threshold"]),
             limits=limits,
             robust=str(cfg["robust"]),

@@ -368,11 +368,13 @@ class WindowStore:
         self._disk_full = False
 
     async def async_save_detector_state(self, state: Mapping[str, object]) -> bool:
-        """Persist the detector's ``state_dict()`` (JSON values); False if the write failed."""
-        text = json.dumps(state, default=_json_default, separators=(",", ":"))
-        data = text.encode()
+        """Persist the detector's ``state_dict()`` (JSON values); False if the write failed.
+
+        Serialised in the executor: a home's state is megabytes of JSON (tens of ms of CPU).
+        ``state`` must not change until this returns.
+        """
         path = self.directory / DETECTOR_FILE
-        err = await self.hass.async_add_executor_job(_write_bytes, path, data)
+        err = await self.hass.async_add_executor_job(_write_state, path, state)
         if err is not None:
             self._record_error(err)
             return False
@@ -411,6 +413,12 @@ def _write_bytes(path: Path, data: bytes) -> OSError | None:
     except OSError as err:
         return err
     return None
+
+
+def _write_state(path: Path, state: Mapping[str, object]) -> OSError | None:
+    """Executor side: serialise and write the detector state."""
+    data = json.dumps(state, default=_json_default, separators=(",", ":")).encode()
+    return _write_bytes(path, data)
 
 
 def _write_json(handle: IO[bytes], *, data: bytes) -> None:

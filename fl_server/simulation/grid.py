@@ -125,11 +125,11 @@ class ProfiledGrid(LocalGrid):
     """A LocalGrid whose replies arrive on an emulated clock given each home's profile.
 
     Each reply gets a virtual arrival time from ``profiles.round_cost`` (link, device, the bytes
-    actually moved, the compute time actually measured); replies later than the round deadline,
-    or from a node unavailable this round, never arrive. Nothing sleeps, so a benchmark of many
-    rounds with slow homes still runs in seconds. ``send_timed`` gives the GSFS strategy the
-    arrival times it senses from; Flower's baselines see the same deadline via
-    ``send_and_receive``.
+    actually moved, the FLOPs the ClientApp reports over the device's speed); replies later
+    than the round deadline, or from a node unavailable this round, never arrive. Nothing
+    sleeps, so a benchmark of many rounds with slow homes still runs in seconds.
+    ``send_timed`` gives the GSFS strategy the arrival times it senses from; Flower's baselines
+    see the same deadline via ``send_and_receive``.
     """
 
     def __init__(
@@ -154,17 +154,19 @@ class ProfiledGrid(LocalGrid):
             reply = self._replies.get(mid)
             down = _nbytes(msg.content)
             up = _nbytes(reply.content) if reply is not None and reply.has_content() else 0
-            measured = 0.0
-            if reply is not None and reply.has_content() and reply.content.metric_records:
-                value = next(iter(reply.content.metric_records.values())).get("compute-s", 0.0)
-                measured = float(value) if isinstance(value, (int, float)) else 0.0
-            cost = round_cost(
-                self.profiles[node],
-                self.rng,
-                bytes_down=down,
-                bytes_up=up,
-                measured_compute_s=measured,
+            metrics = (
+                next(iter(reply.content.metric_records.values()))
+                if reply is not None and reply.has_content() and reply.content.metric_records
+                else None
             )
+            flops = metrics.get("compute-flops") if metrics is not None else None
+            measured = metrics.get("compute-s", 0.0) if metrics is not None else 0.0
+            profile = self.profiles[node]
+            if isinstance(flops, (int, float)):  # deterministic: work over the device's speed
+                compute_s = float(flops) / (profile.device.gflops * 1e9)
+            else:
+                compute_s = float(measured) if isinstance(measured, (int, float)) else 0.0
+            cost = round_cost(profile, self.rng, bytes_down=down, bytes_up=up, compute_s=compute_s)
             self.log.append(
                 Delivery(
                     msg.metadata.message_type,

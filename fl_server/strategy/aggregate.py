@@ -17,6 +17,58 @@ F32 = npt.NDArray[np.float32]
 Sparse = Mapping[str, tuple[npt.NDArray[np.int64], F32]]
 
 
+class SparseMean:
+    """Streaming per-coordinate weighted mean: memory is two float64 vectors of the model size.
+
+    Updates are added one at a time as replies are validated and then dropped, so the server's
+    memory does not grow with the number of nodes in a round (1,000 nodes cost what 10 do).
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.shapes = dict(shapes)
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes.values()]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.offset = {n: int(o) for n, o in zip(self.shapes, starts[:-1], strict=True)}
+        self.num = np.zeros(int(starts[-1]), np.float64)
+        self.den = np.zeros(int(starts[-1]), np.float64)
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, update: Sparse, weight: float) -> None:
+        """Add one client's sparse update (indices unique per tensor: validated before)."""
+        for name, (idx, vals) in update.items():
+            at = self.offset.get(name)
+            if at is None:
+                continue
+            flat = idx + at if at else idx
+            self.num[flat] += weight * vals.astype(np.float64)
+            self.den[flat] += weight
+        self.count += 1
+        self.total += weight
+
+    def result(
+        self, over_all: bool = False
+    ) -> tuple[dict[str, F32], dict[str, npt.NDArray[np.float64]]]:
+        """Mean update per tensor, and summed weight per coordinate (0 where nobody sent it).
+
+        ``over_all``: divide by the weight of every update added (unsent coordinates count as
+        zeros), as DGC / top-k with error feedback do: what a node did not send stays in its
+        residual and arrives later, so averaging only over senders would count it twice over.
+        """
+        if over_all:
+            mean = self.num / max(self.total, 1e-300)
+        else:
+            mean = np.divide(self.num, self.den, out=np.zeros_like(self.num), where=self.den > 0)
+        out: dict[str, F32] = {}
+        cover: dict[str, npt.NDArray[np.float64]] = {}
+        for name, shape in self.shapes.items():
+            a = self.offset[name]
+            n = int(np.prod(shape, dtype=np.int64))
+            out[name] = mean[a : a + n].astype(np.float32).reshape(shape)
+            cover[name] = self.den[a : a + n].reshape(shape)
+        return out, cover
+
+
 def aggregate_sparse(
     updates: Sequence[Sparse], weights: Sequence[float], shapes: Mapping[str, tuple[int, ...]]
 ) -> tuple[dict[str, F32], dict[str, npt.NDArray[np.float64]]]:
@@ -25,21 +77,10 @@ def aggregate_sparse(
     Returns the mean update and the summed weight per coordinate (0 where nobody sent it).
     Indices of one client are unique (validated before), so plain fancy-index adds are exact.
     """
-    mean: dict[str, F32] = {}
-    cover: dict[str, npt.NDArray[np.float64]] = {}
-    for name, shape in shapes.items():
-        n = int(np.prod(shape, dtype=np.int64))
-        num = np.zeros(n, np.float64)
-        den = np.zeros(n, np.float64)
-        for upd, w in zip(updates, weights, strict=True):
-            if name in upd:
-                idx, vals = upd[name]
-                num[idx] += w * vals.astype(np.float64)
-                den[idx] += w
-        out = np.divide(num, den, out=np.zeros(n, np.float64), where=den > 0)
-        mean[name] = out.astype(np.float32).reshape(shape)
-        cover[name] = den.reshape(shape)
-    return mean, cover
+    acc = SparseMean(shapes)
+    for upd, w in zip(updates, weights, strict=True):
+        acc.add(upd, w)
+    return acc.result()
 
 
 @dataclass
@@ -48,7 +89,9 @@ class ServerAdam:
 
     ``x_{t+1} = x_t + eta * m_hat / (sqrt(v_hat) + tau)`` with ``m, v`` moments of the mean update
     (which points downhill, hence ``+``). ``tau`` is the adaptivity floor of the paper. With
-    ``kind="sgd"``, ``eta=1`` this is exactly FedAvg on deltas.
+    ``kind="sgd"``, ``eta=1`` this is exactly FedAvg on deltas. ``kind="sgdm"`` is FedAvgM (Hsu
+    et al., 2019): ``m = beta1 * m + delta``, ``x += eta * m``; it averages over the rounds the
+    alternating halves of a partial-participation schedule that a single round sees apart.
     """
 
     eta: float = 1e-2
@@ -65,6 +108,15 @@ class ServerAdam:
         if self.kind == "sgd":
             return {
                 k: (p + np.float32(self.eta) * delta[k]).astype(np.float32)
+                for k, p in params.items()
+            }
+        if self.kind == "sgdm":
+            self.t += 1
+            for k, d in delta.items():
+                m = self.m.get(k)
+                self.m[k] = (d if m is None else self.beta1 * m + d).astype(np.float32)
+            return {
+                k: (p + np.float32(self.eta) * self.m[k]).astype(np.float32)
                 for k, p in params.items()
             }
         self.t += 1

@@ -2,6 +2,10 @@
 
 One round (``start`` drives it; ``configure_train`` / ``aggregate_train`` are usable alone):
 
+- select: ``fraction_train`` of the nodes, least recently asked first (seeded ties), so every
+  home contributes every ``1/fraction_train`` rounds and its error-feedback residual never waits
+  long; nodes predicted to miss the round's deadline are left out (FedCS, Nishio & Yonetani
+  2019), except every ``fedcs_probe_every`` rounds, so that a node that became faster is seen;
 - plan: per node, a byte budget and local steps from what was sensed about it (``sensing``), and a
   round deadline that the fast majority meets; it is the ``timeout`` the round waits for replies;
 - downlink: per node, only the tensors that moved since the copy the node holds (``downlink``);
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,13 +46,14 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fl_server.checkpoint import Checkpoint, load_latest, prefixed, save_checkpoint, unprefixed
-from fl_server.strategy.aggregate import F32, ServerAdam, aggregate_sparse
+from fl_server.strategy.aggregate import F32, ServerAdam, SparseMean, aggregate_sparse
 from fl_server.strategy.downlink import DownlinkTracker
 from fl_server.strategy.sensing import ConditionSensor, PlannerConfig
 from fl_server.validation import (
     GaussianDP,
     Limits,
     Sparse,
+    array_numpy,
     check_num_examples,
     clip_sparse,
     log_rejection,
@@ -86,6 +92,8 @@ class GSFSConfig:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     shared_index: bool = False  # SecAgg-compatible: one index set and grid for all nodes
     shared_clip: float = 0.05  # per-coordinate bound before any update was seen
+    fedcs_probe_every: int = 5  # a node predicted to miss the deadline is still asked this often
+    mean_over: str = "senders"  # "senders": per-coordinate mean; "all": zeros for unsent (DGC)
 
 
 @runtime_checkable
@@ -133,6 +141,8 @@ class GSFS(Strategy):
         self.shared_idx: dict[str, np.ndarray] = {}
         self.shared_scales: dict[str, float] = {}
         self.last_delta: dict[str, F32] = {}
+        self.last_asked: dict[int, int] = {}
+        self.fedcs_skips: dict[int, int] = {}
 
     # -- Strategy API -----------------------------------------------------------------------
     def summary(self) -> None:
@@ -151,23 +161,46 @@ class GSFS(Strategy):
         # Choose positions, not ids: node ids are uint64 and would not survive a numpy array.
         return sorted(nodes[int(i)] for i in rng.choice(len(nodes), size=k, replace=False))
 
+    def _select(self, grid: Grid, server_round: int) -> list[int]:
+        """``fraction_train`` of the nodes, least recently asked first (seeded tie-break)."""
+        wanted = max(self.cfg.min_train_nodes, 1)
+        waited = 0.0
+        while len(nodes := sorted(grid.get_node_ids())) < wanted and waited < 60:
+            time.sleep(0.5)
+            waited += 0.5
+        self._population = max(self._population, len(nodes))
+        k = min(len(nodes), max(wanted, math.ceil(len(nodes) * self.cfg.fraction_train)))
+        tie = np.random.default_rng([self.cfg.seed, server_round]).random(len(nodes))
+        order = sorted(range(len(nodes)), key=lambda i: (self.last_asked.get(nodes[i], 0), tie[i]))
+        return sorted(nodes[i] for i in order[:k])
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Plan each sampled node's round and build its message (partial downlink)."""
+        """Select and plan each node's round and build its message (partial downlink)."""
         self.global_arrays = {k: np.asarray(a.numpy(), np.float32) for k, a in arrays.items()}
-        nodes = self._sample(grid, server_round, self.cfg.fraction_train, self.cfg.min_train_nodes)
+        nodes = self._select(grid, server_round)
         self._sent = {}
         messages: list[Message] = []
-        predictions: list[float | None] = []
-        offers = []
+        plans = []
         for node in nodes:
+            # plan against a full downlink first: what is skipped is only known after the offer
+            full = sum(int(a.nbytes) for a in self.global_arrays.values())
+            plan = self.sensor.plan(node, 0)
+            plans.append((node, plan, self.sensor.predicted_round_s(node, plan, full)))
+        self.deadline_s = self.sensor.deadline([p for _, _, p in plans])
+        offers = []
+        for node, _, predicted in plans:
+            late = predicted is not None and predicted > self.deadline_s
+            if late and self.fedcs_skips.get(node, 0) + 1 < self.cfg.fedcs_probe_every:
+                self.fedcs_skips[node] = self.fedcs_skips.get(node, 0) + 1
+                continue  # FedCS: it would miss the deadline; ask it again later
+            self.fedcs_skips.pop(node, None)
+            self.last_asked[node] = server_round
             names, base, new_state = self.downlink.offer(node, server_round, self.global_arrays)
             record = ArrayRecord({n: Array(self.global_arrays[n]) for n in names})
             down = _nbytes(record)
-            plan = self.sensor.plan(node, down)
-            predictions.append(self.sensor.predicted_round_s(node, plan, down))
-            offers.append((node, record, down, plan, base, new_state))
+            offers.append((node, record, down, self.sensor.plan(node, down), base, new_state))
         shared: ArrayRecord | None = None
         if self.cfg.shared_index and offers:
             self._plan_shared(server_round, min(o[3].budget for o in offers))
@@ -199,7 +232,6 @@ class GSFS(Strategy):
             messages.append(msg)
             self._sent[node] = _Sent(time.monotonic(), down, plan.steps, plan.budget, new_state)
         self.downlink.collect()
-        self.deadline_s = self.sensor.deadline(predictions)
         LOG.info(
             "configure_train: round %d, %d nodes, deadline %.1fs",
             server_round,
@@ -260,7 +292,7 @@ class GSFS(Strategy):
         metrics = next(iter(content.metric_records.values()))
         record = next(iter(content.array_records.values()))
         try:
-            payload = {k: a.numpy() for k, a in record.items()}
+            payload = {k: array_numpy(a) for k, a in record.items()}
         except (TypeError, ValueError) as err:
             log_rejection(node, f"undecodable arrays: {err}")
             self.downlink.forget(node)
@@ -305,6 +337,10 @@ class GSFS(Strategy):
         shapes = {k: a.shape for k, a in self.global_arrays.items()}
         replies = list(replies)
         accepted: list[tuple[Sparse, float]] = []
+        # Plain mean: stream each update into a model-sized accumulator and drop it, so memory
+        # does not grow with the number of nodes; DP and trimmed mean need all updates at once.
+        stream = self.cfg.dp_noise_multiplier <= 0 and self.cfg.robust != "trimmed-mean"
+        acc = SparseMean(shapes)
         losses: list[tuple[float, float]] = []
         answered: set[int] = set()
         for msg in replies:
@@ -312,6 +348,12 @@ class GSFS(Strategy):
             answered.add(node)
             got = self._accept(msg, shapes)
             if got is not None:
+                if stream:
+                    upd = got[0]
+                    if self.cfg.clip_norm > 0:
+                        upd = clip_sparse(upd, self.cfg.clip_norm)
+                    acc.add(upd, got[1])
+                    got = ({}, got[1])
                 accepted.append(got)
                 loss = next(iter(msg.content.metric_records.values())).get("train-loss")
                 if isinstance(loss, (int, float)):
@@ -327,6 +369,7 @@ class GSFS(Strategy):
         )
         metrics = MetricRecord(
             {
+                "asked": len(self._sent),
                 "accepted": len(accepted),
                 "rejected": len(replies) - len(accepted),
                 "missed": len(missed),
@@ -337,7 +380,11 @@ class GSFS(Strategy):
         )
         new_arrays: ArrayRecord | None = None
         if accepted:
-            delta = self._combine(server_round, accepted, shapes)
+            delta = (
+                acc.result(self.cfg.mean_over == "all")[0]
+                if stream
+                else self._combine(server_round, accepted, shapes)
+            )
             self.last_delta = delta
             self.global_arrays = self.opt.step(self.global_arrays, delta)
             new_arrays = ArrayRecord({k: Array(v) for k, v in self.global_arrays.items()})
@@ -438,6 +485,8 @@ class GSFS(Strategy):
             "opt_t": self.opt.t,
             "history": self.history,
             "population": self._population,
+            "last_asked": {str(k): v for k, v in self.last_asked.items()},
+            "fedcs_skips": {str(k): v for k, v in self.fedcs_skips.items()},
             "dp": None if self.dp is None else self.dp.accountant.state_dict(),
         }
         extra = (
@@ -458,6 +507,8 @@ class GSFS(Strategy):
         }
         self.history = list(ckpt.meta["history"])
         self._population = int(ckpt.meta["population"])
+        self.last_asked = {int(k): int(v) for k, v in ckpt.meta.get("last_asked", {}).items()}
+        self.fedcs_skips = {int(k): int(v) for k, v in ckpt.meta.get("fedcs_skips", {}).items()}
         if ckpt.meta.get("dp") is not None:
             self.dp = GaussianDP(
                 self.cfg.dp_clip,

@@ -53,6 +53,7 @@ class PlannerConfig:
     deadline_slack: float = 2.0
     min_deadline_s: float = 5.0
     max_deadline_s: float = 600.0
+    initial_deadline_s: float | None = None  # prior while a selected node is unmeasured
     ewma: float = 0.5
 
 
@@ -123,7 +124,8 @@ class ConditionSensor:
         """Round deadline: a quantile of predicted completion times with slack, within bounds."""
         cfg = self.config
         if not predictions or any(p is None for p in predictions):
-            return cfg.max_deadline_s
+            prior = cfg.initial_deadline_s
+            return cfg.max_deadline_s if prior is None else min(prior, cfg.max_deadline_s)
         known = sorted(p for p in predictions if p is not None)
         q = known[min(len(known) - 1, math.ceil(cfg.deadline_quantile * len(known)) - 1)]
         return min(max(cfg.deadline_slack * q, cfg.min_deadline_s), cfg.max_deadline_s)

@@ -36,6 +36,7 @@ from .tokenizer import (
     event_tokens,
     flow_tokens,
     is_lan,
+    state_class,
 )
 
 Severity = Literal["none", "low", "medium", "high"]
@@ -101,6 +102,22 @@ class DetectorConfig:
     high_score: float = 12.0  # one record this far over threshold switches a device on alone
     signature_in_warmup: bool = False  # known families may alarm before surprise is calibrated
     utc_offset_s: int = 0
+    # records that started before the window cannot switch a device on (while it is on, they
+    # carry its alarm like any other: a long C&C connection ending mid-incident is part of it)
+    fresh_only: bool = True
+    # absence (``Detector.tick``): silence against the device's own longest gap, a stuck state
+    # against its own longest stay in that state; both need enough observations first
+    silence_factor: float = 1.5  # silent when quiet for this many times its longest gap so far
+    silence_min_s: float = 600.0  # never silent sooner than this
+    silence_min_gaps: int = 50  # gaps seen before silence is judged
+    stuck_factor: float = 3.0  # stuck when in one state this many times its longest stay so far
+    stuck_min_s: float = 300.0
+    stuck_min_stays: int = 10  # completed stays in that state before it can be stuck
+    # habits of device events: an hour of the day (+-1 h) the device has never been active in,
+    # once it has this many events, and bursts far above its busiest minute so far
+    habit_min_events: int = 30
+    burst_factor: float = 2.0
+    burst_min: int = 10  # events in a minute that can be a burst, whatever the device
 
 
 @dataclass(slots=True)
@@ -111,6 +128,9 @@ class Explanation:
     tokens: list[tuple[str, float]]  # the record's tokens with their surprise in nats
     context_positions: list[int]  # context token positions holding the most surprising token
     signature: dict[str, float] = field(default_factory=dict)  # family probabilities
+    # context positions (as in ``context_positions``) the model attended to most when predicting
+    # the most surprising token, with their attention weight (GIoT models only; else empty)
+    attention: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -139,6 +159,19 @@ class DeviceState:
     hot: deque[float] = field(default_factory=deque)
     on: bool = False
     last_hot: float = float("-inf")
+    # absence statistics (see ``Detector.tick``): gaps between the device's records and how long
+    # it stayed in each state; plain numbers so they persist with the rest
+    last_ts: float | None = None
+    gaps: int = 0
+    max_gap: float = 0.0
+    state: str | None = None  # current state class (events only)
+    state_since: float | None = None
+    stays: dict[str, list[float]] = field(default_factory=dict)  # state -> [count, longest stay]
+    event_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    absent: str | None = None  # "silent" / "stuck" while an absence alarm is on
+    hours: list[float] = field(default_factory=lambda: [0.0] * 24)  # events per hour of day
+    busiest: int = 0  # most events in 60 s so far (learnt slowly)
+    busiest_ts: float = float("-inf")  # when it last grew
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON form."""
@@ -152,6 +185,17 @@ class DeviceState:
             "hot": list(self.hot),
             "on": self.on,
             "last_hot": None if self.last_hot == float("-inf") else self.last_hot,
+            "last_ts": self.last_ts,
+            "gaps": self.gaps,
+            "max_gap": self.max_gap,
+            "state": self.state,
+            "state_since": self.state_since,
+            "stays": {k: list(v) for k, v in self.stays.items()},
+            "event_times": list(self.event_times),
+            "absent": self.absent,
+            "hours": list(self.hours),
+            "busiest": self.busiest,
+            "busiest_ts": None if self.busiest_ts == float("-inf") else self.busiest_ts,
         }
 
     @classmethod
@@ -160,6 +204,8 @@ class DeviceState:
         g = d.get
         last_hot = g("last_hot")
         prev = g("prev_ts")
+        last_ts, since, state, absent = g("last_ts"), g("state_since"), g("state"), g("absent")
+        busiest_ts = g("busiest_ts")
         return cls(
             ids=deque((int(x) for x in g("ids", [])), maxlen=maxlen_ids),  # type: ignore[attr-defined]
             calib=deque((float(x) for x in g("calib", [])), maxlen=maxlen_calib),  # type: ignore[attr-defined]
@@ -170,6 +216,20 @@ class DeviceState:
             hot=deque(float(x) for x in g("hot", [])),  # type: ignore[attr-defined]
             on=bool(g("on", False)),
             last_hot=float("-inf") if last_hot is None else float(str(last_hot)),
+            last_ts=None if last_ts is None else float(str(last_ts)),
+            gaps=int(str(g("gaps", 0))),
+            max_gap=float(str(g("max_gap", 0.0))),
+            state=None if state is None else str(state),
+            state_since=None if since is None else float(str(since)),
+            stays={
+                str(k): [float(x) for x in v]
+                for k, v in dict(g("stays", {})).items()  # type: ignore[call-overload]
+            },
+            event_times=deque((float(x) for x in g("event_times", [])), maxlen=256),  # type: ignore[attr-defined]
+            absent=None if absent is None else str(absent),
+            hours=[float(x) for x in g("hours", [0.0] * 24)],  # type: ignore[attr-defined]
+            busiest=int(str(g("busiest", 0))),
+            busiest_ts=float("-inf") if busiest_ts is None else float(str(busiest_ts)),
         )
 
 
@@ -238,6 +298,7 @@ class Detector:
         if verdict.alarm and verdict.explanation is not None:
             verdict.explanation.text = _flow_words(flow, peer, st.window, verdict)
         st.window.add(flow, peer)
+        _seen_at(st, flow.ts)
         return verdict
 
     def _prepare(self, flow: FlowRecord) -> tuple[DeviceState, str, list[str], np.ndarray]:
@@ -258,23 +319,92 @@ class Detector:
         st.seen += 1
         st.prev_ts = flow.ts if st.prev_ts is None else max(st.prev_ts, flow.ts)
         st.window.add(flow, peer)
+        _seen_at(st, flow.ts)
         return device_of(flow), ids, feats
 
     def process_event(self, event: DeviceEvent) -> Verdict:
         """Score one Home Assistant state change (surprise only: no signature families)."""
         st = self._state(event.device_id or event.entity_id)
-        ctx = TokenContext(st.prev_ts, self._recent(st, event.ts), self.config.utc_offset_s)
+        recent = sum(1 for t in st.event_times if t >= event.ts - 60.0)
+        ctx = TokenContext(st.prev_ts, recent, self.config.utc_offset_s)
         toks = event_tokens(event, ctx)
         probs = np.zeros(len(FAMILIES))
         probs[0] = 1.0
-        verdict = self._decide(st, event.ts, toks, probs)
+        habit, why = self._habit(st, event.ts, recent + 1)
+        verdict = self._decide(st, event.ts, toks, probs, habit)
         if verdict.alarm and verdict.explanation is not None:
             verdict.explanation.text = (
                 f"{event.entity_id} changed {event.old_state} -> {event.new_state}; unusual: "
-                + _unusual_words(verdict.explanation.tokens)
+                + (why or _unusual_words(verdict.explanation.tokens))
             )
         st.window.now = max(st.window.now, event.ts)
+        st.event_times.append(event.ts)
+        # the busiest minute is learnt one event per minute at most: a real change of pace
+        # gets learnt over time, a burst that ramps up does not raise its own limit
+        if habit <= 0 and recent + 1 > st.busiest and event.ts - st.busiest_ts >= 60.0:
+            st.busiest, st.busiest_ts = st.busiest + 1, event.ts
+        st.hours[_hour(event.ts, self.config.utc_offset_s)] += 1.0
+        _seen_at(st, event.ts)
+        _change_state(st, event)
         return verdict
+
+    def _habit(self, st: DeviceState, ts: float, in_minute: int) -> tuple[float, str]:
+        """Score (0 = threshold) of an event against the device's hours and pace, and why.
+
+        Token surprise sums over all fields, so one odd field of an otherwise ordinary event (a
+        door opening at 3 am, a sensor flapping) drowns; these two per-device counts catch it.
+        """
+        cfg = self.config
+        if st.seen < cfg.warmup:
+            return -math.inf, ""
+        limit = max(cfg.burst_min, cfg.burst_factor * st.busiest)
+        if in_minute > limit:
+            return math.log(in_minute / limit) + 1.0, f"{in_minute} changes in a minute"
+        h = _hour(ts, cfg.utc_offset_s)
+        near = st.hours[h] + st.hours[(h - 1) % 24] + st.hours[(h + 1) % 24]
+        if sum(st.hours) >= cfg.habit_min_events and near == 0:
+            return cfg.high_score, f"active at {h:02d}h, an hour it never was"
+        return -math.inf, ""
+
+    def tick(self, now: float) -> list[tuple[str, Verdict]]:
+        """Judge absence at ``now``: devices that went silent or got stuck in one state.
+
+        A record can only be scored when it arrives, so a device that stops reporting (unplugged,
+        jammed, battery flat, hijacked and muted) or a sensor stuck in one state would never
+        alarm. Call this periodically (e.g. every minute) with the current time. A device is
+        silent when its quiet time exceeds ``silence_factor`` times the longest gap it has shown
+        so far, and stuck when it has stayed in its current state ``stuck_factor`` times longer
+        than its longest completed stay in that state (numeric states: value unchanged). Both
+        use only what was seen before ``now``; the alarm clears with the device's next record.
+        Returns one verdict per device whose absence alarm is on at ``now``.
+        """
+        cfg = self.config
+        out: list[tuple[str, Verdict]] = []
+        for device, st in self.devices.items():
+            if st.last_ts is None or now <= st.last_ts:
+                continue
+            kind, quiet, limit, usual = None, 0.0, math.inf, 0.0
+            count, longest = st.stays.get(st.state or "", [0.0, 0.0])
+            if st.state_since is not None and count >= cfg.stuck_min_stays:
+                quiet, usual = now - st.state_since, longest
+                limit = max(cfg.stuck_min_s, cfg.stuck_factor * longest)
+                kind = "stuck" if quiet > limit else None
+            if kind is None and st.gaps >= cfg.silence_min_gaps:
+                quiet, usual = now - st.last_ts, st.max_gap
+                limit = max(cfg.silence_min_s, cfg.silence_factor * st.max_gap)
+                kind = "silent" if quiet > limit else None
+            if kind is None:
+                continue
+            st.absent = kind
+            score = math.log(quiet / limit) + cfg.high_score / 2
+            what = f"in state {st.state}" if kind == "stuck" else "without a report"
+            text = (
+                f"{'stuck' if kind == 'stuck' else 'silent'}: {_duration_words(quiet)} {what}; "
+                f"its longest so far was {_duration_words(usual)}"
+            )
+            expl = Explanation(text=text, tokens=[], context_positions=[])
+            out.append((device, Verdict(score, True, "medium", kind, expl, score, 0.0)))
+        return out
 
     def _recent(self, st: DeviceState, ts: float) -> int:
         now = max(st.window.now, ts)
@@ -287,7 +417,28 @@ class Detector:
         nll: np.ndarray = np.asarray(self.model.token_nll(seq), dtype=np.float64)[0, -len(ids) :]
         return nll
 
-    def _decide(self, st: DeviceState, ts: float, toks: list[str], probs: np.ndarray) -> Verdict:
+    def _attended(self, st: DeviceState, ids: list[int], top: int) -> list[tuple[int, float]]:
+        """Context positions the model attended to for the record's ``top`` token (top 5)."""
+        if not hasattr(self.model, "params") or not hasattr(self.model, "config"):
+            return []
+        room = self.config.context_tokens - 1 - len(ids)
+        ctx = list(st.ids)[len(st.ids) - min(room, len(st.ids)) :]
+        seq = np.asarray([BOS_ID, *ctx, *ids], dtype=np.int64)
+        att = attention_maps(self.model.params, self.model.config, seq)  # (L, H, T, T)
+        query = 1 + len(ctx) + top - 1  # the position whose output predicts token ``top``
+        weights = att[:, :, query, 1 : 1 + len(ctx)].mean(axis=(0, 1))
+        offset = len(st.ids) - len(ctx)  # positions count from the start of ``st.ids``
+        order = np.argsort(-weights, kind="stable")[:5]
+        return [(offset + int(i), round(float(weights[i]), 4)) for i in order]
+
+    def _decide(
+        self,
+        st: DeviceState,
+        ts: float,
+        toks: list[str],
+        probs: np.ndarray,
+        habit: float = -math.inf,
+    ) -> Verdict:
         cfg = self.config
         ids = self.vocab.encode(toks)
         nll = self._surprise(st, ids)
@@ -304,15 +455,19 @@ class Detector:
         p_attack = float(1.0 - probs[0])
         sig = _logit(p_attack) - _logit(cfg.sig_threshold)
         sig_ok = warmed or cfg.signature_in_warmup
-        score = max(surprise, sig)
-        hot = (sig > 0 and sig_ok) or (surprise > 0 and warmed)
+        score = max(surprise, sig, habit)
+        hot = (sig > 0 and sig_ok) or (max(surprise, habit) > 0 and warmed)
         # aggregation with hysteresis
         now = max(st.window.now, ts)
         while st.hot and st.hot[0] < now - cfg.window_s:
             st.hot.popleft()
         if st.on and now - st.last_hot > cfg.off_s:
             st.on = False
-        if hot:
+        # Zeek logs a connection when it ends, stamped with its start: a record that started
+        # before the current window (a long connection ending, or flushed at shutdown) is no
+        # evidence of what the device does now, so it cannot switch the device on
+        fresh = not cfg.fresh_only or ts >= now - cfg.window_s
+        if hot and fresh:
             st.hot.append(now)
             st.last_hot = now
             if len(st.hot) >= cfg.k_on or score >= cfg.high_score:
@@ -333,6 +488,7 @@ class Detector:
                 tokens=[(t, round(float(v), 3)) for t, v in zip(toks, nll, strict=True)],
                 context_positions=positions[-8:],
                 signature={f: round(float(p), 4) for f, p in zip(FAMILIES, probs, strict=True)},
+                attention=self._attended(st, ids, top),
             )
         # learn (after deciding)
         self._learn(st, ts, ids, keys, raw, hot=hot)
@@ -378,6 +534,79 @@ class Detector:
             mix = np.logaddexp(math.log(c) if c > 0 else -np.inf, math.log(a) - float(nll[i]))
             out[i] = math.log(n + a) - mix
         return out
+
+
+def attention_maps(params: Mapping[str, np.ndarray], config: object, ids: np.ndarray) -> np.ndarray:
+    """Attention weights (n_layer, n_head, T, T) of a GPT-2 model for one id sequence.
+
+    The same computation as ``GIoTModel``'s forward pass (pre-LayerNorm blocks, scaled causal
+    softmax), redone from the parameters because the model does not expose its attention.
+    """
+    n_layer, n_head = int(getattr(config, "n_layer")), int(getattr(config, "n_head"))  # noqa: B009
+    eps = float(getattr(config, "layer_norm_epsilon", 1e-5))
+    t = len(ids)
+    x = (params["transformer.wte.weight"][ids] + params["transformer.wpe.weight"][:t]).astype(
+        np.float64
+    )
+    c = x.shape[1]
+    hd = c // n_head
+    mask = np.triu(np.full((t, t), -np.inf), 1)
+    maps = []
+
+    def ln(z: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        zc = z - z.mean(axis=1, keepdims=True)
+        out: np.ndarray = zc / np.sqrt((zc * zc).mean(axis=1, keepdims=True) + eps) * w + b
+        return out
+
+    for i in range(n_layer):
+        h = f"transformer.h.{i}."
+        h1 = ln(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"])
+        qkv = h1 @ params[h + "attn.c_attn.weight"] + params[h + "attn.c_attn.bias"]
+        q, k, v = qkv.reshape(t, 3, n_head, hd).transpose(1, 2, 0, 3)  # (H, T, hd) each
+        s = q @ k.transpose(0, 2, 1) / math.sqrt(hd) + mask
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        att = s / s.sum(axis=-1, keepdims=True)
+        maps.append(att)
+        y = (att @ v).transpose(1, 0, 2).reshape(t, c)
+        x = x + y @ params[h + "attn.c_proj.weight"] + params[h + "attn.c_proj.bias"]
+        h2 = ln(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"])
+        a = h2 @ params[h + "mlp.c_fc.weight"] + params[h + "mlp.c_fc.bias"]
+        g = 0.5 * a * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a**3)))
+        x = x + g @ params[h + "mlp.c_proj.weight"] + params[h + "mlp.c_proj.bias"]
+    return np.stack(maps)
+
+
+def _seen_at(st: DeviceState, ts: float) -> None:
+    """Gap statistics for ``tick``; a late-logged record (earlier start) adds no gap."""
+    st.absent = None
+    if st.last_ts is not None and ts > st.last_ts:
+        st.gaps += 1
+        st.max_gap = max(st.max_gap, ts - st.last_ts)
+    st.last_ts = ts if st.last_ts is None else max(st.last_ts, ts)
+
+
+def _change_state(st: DeviceState, event: DeviceEvent) -> None:
+    """Track how long a device stays in each state (numeric states: until the value changes)."""
+    key = state_class(event.new_state)
+    changed = key != st.state or (key == "num" and event.new_state != event.old_state)
+    if not changed:
+        return
+    if st.state is not None and st.state_since is not None:
+        count, longest = st.stays.get(st.state, [0.0, 0.0])
+        st.stays[st.state] = [count + 1.0, max(longest, event.ts - st.state_since)]
+    st.state, st.state_since = key, event.ts
+
+
+def _hour(ts: float, utc_offset_s: int) -> int:
+    return int((ts + utc_offset_s) // 3600 % 24)
+
+
+def _duration_words(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _cache_keys(toks: list[str]) -> list[tuple[str, str]]:

@@ -1,0 +1,428 @@
+"""Load benchmark of GIoT in a real Home Assistant (not a test: its name keeps it out of the suite).
+
+Run: ``.venv/bin/python -m pytest tests/ha/bench_load.py -p no:cacheprovider -s`` or
+``scripts/bench ha-load``. Environment: ``GIOT_BENCH_SECONDS`` (per phase, default 20),
+``GIOT_BENCH_EVENTS`` (state changes per second, default 1000), ``GIOT_BENCH_FLOWS`` (NetFlow v9
+flows per second, default 2000), ``GIOT_BENCH_OUT`` (results file, default
+docs/results/ha_load.md; empty: print only).
+
+A real hass with GIoT set up (NetFlow listener on a UDP port, 20 watched devices with one entity
+each) gets, for each phase, state changes of the watched entities on the bus from the event loop
+and NetFlow v9 datagrams (20 flows each, from 50 LAN hosts) sent over UDP by a thread. Phases: the
+bigram scorer (a fresh install), the GIoT model scorer (a trained hub), and the GIoT scorer again
+under tracemalloc (its overhead distorts the other numbers, hence a phase of its own). A task
+sleeping 1 ms in a loop measures event-loop lag (overshoot of each sleep).
+"""
+
+import asyncio
+import cProfile
+import json
+import os
+import platform
+import pstats
+import socket
+import sys
+import threading
+import time
+import tracemalloc
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.giot.const import CONF_DEVICES, CONF_NETFLOW_PORT, DOMAIN
+from custom_components.giot.coordinator import EngineDetector, GIoTCoordinator
+from custom_components.giot.engine.records import FlowRecord
+from tests.engine.netflow_packets import build_v9
+
+pytestmark = pytest.mark.usefixtures("socket_enabled")
+
+ROOT = Path(__file__).resolve().parents[2]
+SECONDS = float(os.environ.get("GIOT_BENCH_SECONDS", "20"))
+EVENTS_PER_S = int(os.environ.get("GIOT_BENCH_EVENTS", "1000"))
+FLOWS_PER_S = int(os.environ.get("GIOT_BENCH_FLOWS", "2000"))
+OUT = os.environ.get("GIOT_BENCH_OUT", str(ROOT / "docs" / "results" / "ha_load.md"))
+TICKS: list[float] = []  # how long each tick of state changes held the loop
+PROFILE = bool(os.environ.get("GIOT_BENCH_PROFILE"))
+DEVICES = 20
+HOSTS = 50
+FLOWS_PER_DATAGRAM = 20
+TICK_S = 0.01
+SERVICES = (
+    (443, "tcp", 900, 5200),
+    (53, "udp", 70, 140),
+    (123, "udp", 76, 76),
+    (80, "tcp", 400, 900),
+)
+
+
+@dataclass
+class Phase:
+    """What one phase measured."""
+
+    name: str
+    seconds: float
+    events_sent: int
+    flows_sent: int
+    scored: int
+    dropped: int
+    backlog: int
+    lag_max_ms: float
+    lag_p99_ms: float
+    lag_p999_ms: float
+    lag_over_5ms: int
+    lag_samples: int
+    rss_before_mb: float
+    rss_after_mb: float
+    traced_peak_mb: float | None
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _datagrams(start: int, seconds: float, rng: np.random.Generator) -> list[bytes]:
+    """v9 datagrams for ``seconds`` of FLOWS_PER_S flows, exported 100 per second."""
+    per_s = max(1, FLOWS_PER_S // FLOWS_PER_DATAGRAM)
+    out = []
+    for k in range(int(seconds * per_s)):
+        unix_secs = start + k // per_s
+        flows = []
+        for _ in range(FLOWS_PER_DATAGRAM):
+            host = int(rng.integers(HOSTS))
+            port, proto, up, down = SERVICES[int(rng.integers(len(SERVICES)))]
+            flows.append(
+                FlowRecord(
+                    ts=unix_secs - float(rng.integers(0, 2000)) / 1000,
+                    orig_h=f"192.168.1.{100 + host}",
+                    orig_p=int(rng.integers(32768, 60999)),
+                    resp_h=f"93.184.{216 + host % 8}.{34 + port % 7}",
+                    resp_p=port,
+                    proto=proto,
+                    duration=float(rng.integers(1, 2000)) / 1000,
+                    orig_bytes=int(up * rng.uniform(0.8, 1.2)),
+                    resp_bytes=int(down * rng.uniform(0.8, 1.2)),
+                    orig_pkts=int(rng.integers(1, 12)),
+                    resp_pkts=int(rng.integers(1, 12)),
+                    tcp_flags=0x1B if proto == "tcp" else None,
+                )
+            )
+        out.append(build_v9(flows, unix_secs=unix_secs, sequence=k))
+    return out
+
+
+def _send(port: int, datagrams: list[bytes], stop: threading.Event) -> None:
+    """Sender thread: one datagram every 1/rate s on an absolute schedule (the router's side)."""
+    interval = FLOWS_PER_DATAGRAM / FLOWS_PER_S
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        start = time.monotonic()
+        for i, data in enumerate(datagrams):
+            if stop.is_set():
+                return
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sock.sendto(data, ("127.0.0.1", port))
+
+
+async def _probe(samples: list[float], stop: asyncio.Event) -> None:
+    """Sleep 1 ms in a loop; every overshoot is time the loop could not run a ready task."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        before = loop.time()
+        await asyncio.sleep(0.001)
+        samples.append((loop.time() - before - 0.001) * 1000)
+
+
+async def _states(hass: HomeAssistant, entities: list[str], stop: asyncio.Event) -> int:
+    """Set watched entities' states at EVENTS_PER_S from the event loop; return how many."""
+    loop = asyncio.get_running_loop()
+    per_tick = max(1, round(EVENTS_PER_S * TICK_S))
+    start, sent, tick = loop.time(), 0, 0
+    while not stop.is_set():
+        tick_start = time.perf_counter()
+        for _ in range(per_tick):
+            entity = entities[sent % len(entities)]
+            hass.states.async_set(entity, "on" if (sent // len(entities)) % 2 else "off")
+            sent += 1
+        TICKS.append(time.perf_counter() - tick_start)
+        tick += 1
+        await asyncio.sleep(max(0.0, start + tick * TICK_S - loop.time()))
+    return sent
+
+
+def _time_slices(
+    hass: HomeAssistant, coordinator: GIoTCoordinator
+) -> dict[str, tuple[int, float, float]]:
+    """Wrap the loop-side steps of GIoT (and the load's own) to find what holds the loop."""
+    found: dict[str, tuple[int, float, float]] = {}
+
+    def wrap(owner: Any, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                took = time.perf_counter() - start
+                count, total, worst = found.get(label, (0, 0.0, 0.0))
+                found[label] = (count + 1, total + took, max(worst, took))
+
+        setattr(owner, name, timed)
+
+    wrap(coordinator, "_apply", "coordinator._apply")
+    wrap(coordinator, "async_set_updated_data", "coordinator.async_set_updated_data")
+    wrap(coordinator, "async_add_flows", "coordinator.async_add_flows")
+    wrap(coordinator, "async_add_event", "coordinator.async_add_event")
+    wrap(coordinator, "_attribute", "coordinator._attribute (one flow)")
+    wrap(coordinator, "_snapshot", "coordinator._snapshot")
+    wrap(coordinator.windows, "add", "windows.add")
+    wrap(coordinator.state_collector, "_async_state_changed", "state_collector (one change)")
+    wrap(json, "dumps", "json.dumps")
+    return found
+
+
+def _scored(coordinator: GIoTCoordinator) -> int:
+    return sum(state.observations for state in coordinator.devices.values())
+
+
+async def _phase(
+    hass: HomeAssistant,
+    coordinator: GIoTCoordinator,
+    name: str,
+    entities: list[str],
+    seconds: float,
+    *,
+    trace: bool = False,
+) -> Phase:
+    port = coordinator.netflow.bound_port if coordinator.netflow else None
+    assert port is not None
+    datagrams = await hass.async_add_executor_job(
+        _datagrams, int(time.time()), seconds, np.random.default_rng(len(name))
+    )
+    await hass.async_block_till_done()
+    rss_before = _rss_mb()
+    if trace:
+        tracemalloc.start()
+    stop_threads, stop = threading.Event(), asyncio.Event()
+    samples: list[float] = []
+    flows_before = coordinator.netflow.stats.flows if coordinator.netflow else 0
+    scored_before, dropped_before = _scored(coordinator), coordinator.dropped
+    sender = threading.Thread(target=_send, args=(port, datagrams, stop_threads), daemon=True)
+    probe = asyncio.create_task(_probe(samples, stop))
+    states = asyncio.create_task(_states(hass, entities, stop))
+    profile = cProfile.Profile() if PROFILE and not trace else None
+    if profile is not None:  # the event loop's thread only: what runs on the loop
+        profile.enable()
+    t0 = time.monotonic()
+    sender.start()
+    await asyncio.sleep(seconds)
+    if profile is not None:
+        profile.disable()
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+    stop.set()
+    stop_threads.set()
+    events_sent = await states
+    await probe
+    elapsed = time.monotonic() - t0
+    scored = _scored(coordinator) - scored_before
+    # What is still queued is the backlog; drop it so the next phase starts level.
+    queues = (coordinator._raw_flows, coordinator._pending_flows, coordinator._pending_events)
+    backlog = sum(len(queue) for queue in queues)
+    for queue in queues:
+        queue.clear()
+    await hass.async_add_executor_job(sender.join)
+    traced = None
+    if trace:
+        traced = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    rss_after = _rss_mb()
+    flows_sent = (coordinator.netflow.stats.flows if coordinator.netflow else 0) - flows_before
+    await hass.async_block_till_done()
+    ordered = sorted(samples)
+    return Phase(
+        name=name,
+        seconds=elapsed,
+        events_sent=events_sent,
+        flows_sent=flows_sent,
+        scored=scored,
+        dropped=coordinator.dropped - dropped_before,
+        backlog=backlog,
+        lag_max_ms=ordered[-1],
+        lag_p99_ms=ordered[int(0.99 * (len(ordered) - 1))],
+        lag_p999_ms=ordered[int(0.999 * (len(ordered) - 1))],
+        lag_over_5ms=sum(1 for s in samples if s > 5.0),
+        lag_samples=len(samples),
+        rss_before_mb=rss_before,
+        rss_after_mb=rss_after,
+        traced_peak_mb=traced,
+    )
+
+
+async def test_ha_load(hass: HomeAssistant) -> None:
+    """Sustain the load for each phase and write the results."""
+    rss_start = _rss_mb()
+    # The test harness runs the loop in asyncio debug mode (a stack captured for every handle
+    # and future, several times the loop's cost); Home Assistant in production does not.
+    asyncio.get_running_loop().set_debug(False)
+    if os.environ.get("GIOT_BENCH_SWITCH_MS"):  # diagnosis: how much of the lag is the GIL
+        sys.setswitchinterval(float(os.environ["GIOT_BENCH_SWITCH_MS"]) / 1000)
+    if os.environ.get("GIOT_BENCH_SLOW_MS"):
+        asyncio.get_running_loop().slow_callback_duration = (
+            float(os.environ["GIOT_BENCH_SLOW_MS"]) / 1000
+        )
+    owner = MockConfigEntry(domain="bench_vendor")
+    owner.add_to_hass(hass)
+    dev_reg, ent_reg = dr.async_get(hass), er.async_get(hass)
+    devices, entities = [], []
+    for i in range(DEVICES):
+        device = dev_reg.async_get_or_create(
+            config_entry_id=owner.entry_id, identifiers={("bench_vendor", f"d{i}")}, name=f"D{i}"
+        )
+        entity = ent_reg.async_get_or_create(
+            "binary_sensor",
+            "bench_vendor",
+            f"d{i}-motion",
+            config_entry=owner,
+            device_id=device.id,
+            suggested_object_id=f"d{i}_motion",
+            original_device_class="motion",
+        )
+        hass.states.async_set(entity.entity_id, "off")
+        devices.append(device.id)
+        entities.append(entity.entity_id)
+    port = _free_udp_port()
+    entry = MockConfigEntry(
+        domain=DOMAIN, data={}, options={CONF_DEVICES: devices, CONF_NETFLOW_PORT: port}
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    coordinator: GIoTCoordinator = entry.runtime_data.coordinator
+    detector = coordinator.detector
+    assert isinstance(detector, EngineDetector)
+    rss_setup = _rss_mb()
+    slices = _time_slices(hass, coordinator) if os.environ.get("GIOT_BENCH_SLICES") else None
+
+    # Warm-up: every host and device seen (entities created), windows stored.
+    await _phase(hass, coordinator, "warm-up", entities, 3.0)
+    await hass.async_block_till_done()
+    phases = [await _phase(hass, coordinator, "bigram scorer", entities, SECONDS)]
+
+    train_lag: list[float] = []
+    stop_probe = asyncio.Event()
+    probe = asyncio.create_task(_probe(train_lag, stop_probe))
+    t_train = time.monotonic()
+    result = await coordinator.async_train()
+    train_wall = time.monotonic() - t_train
+    stop_probe.set()
+    await probe
+    train_lag.sort()
+    detector.models.scorer.use_model = True  # a hub whose model has learnt: score with GIoT
+    detector.engine.model = detector.models.scorer
+    phases.append(await _phase(hass, coordinator, "GIoT scorer", entities, SECONDS))
+    phases.append(
+        await _phase(hass, coordinator, "GIoT scorer, tracemalloc", entities, 5.0, trace=True)
+    )
+    rss_end = _rss_mb()
+    if slices is not None:
+        for name, (count, total, worst) in sorted(slices.items(), key=lambda kv: -kv[1][2]):
+            print(
+                f"{name}: {count} calls, {total * 1000:.0f} ms in all, worst {worst * 1000:.1f} ms"
+            )
+        print(
+            f"state-change ticks: worst {max(TICKS) * 1000:.1f} ms,"
+            f" mean {np.mean(TICKS) * 1000:.2f} ms"
+        )
+    report = _report(phases, rss_start, rss_setup, rss_end, result, train_wall, coordinator)
+    report += (
+        f"- Event-loop lag while training (no other load): max {train_lag[-1]:.1f} ms,"
+        f" p99 {train_lag[int(0.99 * (len(train_lag) - 1))]:.2f} ms.\n"
+    )
+    print(report)
+    if OUT:
+        await hass.async_add_executor_job(Path(OUT).write_text, report)
+
+
+def _report(  # noqa: PLR0917
+    phases: list[Phase],
+    rss_start: float,
+    rss_setup: float,
+    rss_end: float,
+    result: Any,
+    train_wall: float,
+    coordinator: GIoTCoordinator,
+) -> str:
+    info = coordinator.detector.model_info
+    lines = [
+        "# GIoT under load in a real Home Assistant",
+        "",
+        "- Command: `.venv/bin/python -m pytest tests/ha/bench_load.py -p no:cacheprovider -s`"
+        " (or `scripts/bench ha-load`)",
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs"
+        f" (shared), Python {platform.python_version()}, numpy {np.__version__};"
+        f" 1-min load average {os.getloadavg()[0]:.1f} at the end",
+        f"- Load per phase: {EVENTS_PER_S:,} state changes/s of {DEVICES} watched entities"
+        f" (event loop), {FLOWS_PER_S:,} flows/s as NetFlow v9 over UDP"
+        f" ({FLOWS_PER_DATAGRAM} flows per datagram, {HOSTS} LAN hosts, sender thread in the"
+        " same process)",
+        f"- Model: {info['parameters']:,} parameters"
+        f" (width {info['config']['n_embd']}, {info['config']['n_layer']} layers,"
+        f" {info['config']['n_head']} heads, {info['config']['n_positions']} positions)",
+        "",
+        "| phase | s | events sent | flows decoded | scored/s | dropped | backlog at end |"
+        " loop lag max ms | p99 ms | p99.9 ms | sleeps > 5 ms | RSS before → after MB |"
+        " tracemalloc peak MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in phases:
+        lines.append(
+            f"| {p.name} | {p.seconds:.1f} | {p.events_sent:,} | {p.flows_sent:,} |"
+            f" {p.scored / p.seconds:,.0f} | {p.dropped:,} | {p.backlog:,} |"
+            f" {p.lag_max_ms:.1f} | {p.lag_p99_ms:.2f} | {p.lag_p999_ms:.2f} |"
+            f" {p.lag_over_5ms} of {p.lag_samples:,} |"
+            f" {p.rss_before_mb:.0f} → {p.rss_after_mb:.0f} |"
+            f" {'' if p.traced_peak_mb is None else f'{p.traced_peak_mb:.1f}'} |"
+        )
+    lines += [
+        "",
+        f"- RSS: {rss_start:.0f} MB before GIoT was set up, {rss_setup:.0f} MB after setup,"
+        f" {rss_end:.0f} MB at the end: **{rss_end - rss_start:.0f} MB added**.",
+    ]
+    worst = max(p.lag_max_ms for p in phases if p.traced_peak_mb is None)
+    added = rss_end - rss_start
+    lines += [
+        f"- Target: event loop never blocked > 5 ms: **{'met' if worst <= 5 else 'missed'}**"
+        f" (worst sleep overshoot {worst:.1f} ms without tracemalloc).",
+        f"- Target: memory added <= 150 MB: **{'met' if added <= 150 else 'missed'}**"
+        f" ({added:.0f} MB RSS).",
+        f"- Target: all offered records scored: {sum(p.scored for p in phases[:2]):,} of"
+        f" {sum(p.events_sent + p.flows_sent for p in phases[:2]):,} offered in the first two"
+        " phases (the rest was backlog when the phase ended).",
+    ]
+    if result is not None:
+        lines.append(
+            f"- Local training between the phases (train_now on {result.windows:,} stored windows):"
+            f" {result.steps} steps in {result.seconds:.1f} s ({train_wall:.1f} s wall),"
+            f" loss {result.loss_before:.2f} → {result.loss_after:.2f} nats/token"
+            f" (bigram {result.bigram_loss:.2f})."
+        )
+    return "\n".join(lines) + "\n"
