@@ -25,7 +25,7 @@ def test_attention_maps_match_model_forward() -> None:
 
 
 def test_alarm_explanation_names_attended_context() -> None:
-    det = Detector(tiny(), config=DetectorConfig(warmup=0, floor_nats=0.0, margin_nats=-50.0,
+    det = Detector(tiny(), config=DetectorConfig(warmup=3, floor_nats=0.0, margin_nats=-50.0,
                                                    k_on=1))  # fmt: skip
     flows = [
         FlowRecord(1e9 + i, "192.168.1.5", 40000, "8.8.8.8", 53, "udp", f"u{i}", None, 0.01,
@@ -33,11 +33,12 @@ def test_alarm_explanation_names_attended_context() -> None:
         for i in range(6)
     ]  # fmt: skip
     verdicts = [det.process(f) for f in flows]
-    v = verdicts[-1]
-    assert v.alarm
+    v = next(v for v in verdicts if v.alarm)  # the record that switched the device on
     assert v.explanation is not None
     att = v.explanation.attention
     assert 1 <= len(att) <= 5
-    n_ctx = len(det.devices["192.168.1.5"].ids) - 7
+    n_ctx = 7 * verdicts.index(v)  # flows before it, 7 tokens each
     assert all(0 <= pos < n_ctx for pos, _ in att)
+    later = [u for u in verdicts[verdicts.index(v) + 1 :] if u.alarm]
+    assert all(u.explanation is not None and u.explanation.attention == [] for u in later)
     assert [w for _, w in att] == sorted((w for _, w in att), reverse=True)

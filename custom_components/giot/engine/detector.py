@@ -129,7 +129,8 @@ class Explanation:
     context_positions: list[int]  # context token positions holding the most surprising token
     signature: dict[str, float] = field(default_factory=dict)  # family probabilities
     # context positions (as in ``context_positions``) the model attended to most when predicting
-    # the most surprising token, with their attention weight (GIoT models only; else empty)
+    # the most surprising token, with their attention weight (GIoT models only, and only on the
+    # record that switched the device on; else empty)
     attention: list[tuple[int, float]] = field(default_factory=list)
 
 
@@ -467,6 +468,7 @@ class Detector:
         # before the current window (a long connection ending, or flushed at shutdown) is no
         # evidence of what the device does now, so it cannot switch the device on
         fresh = not cfg.fresh_only or ts >= now - cfg.window_s
+        was_on = st.on
         if hot and fresh:
             st.hot.append(now)
             st.last_hot = now
@@ -488,7 +490,8 @@ class Detector:
                 tokens=[(t, round(float(v), 3)) for t, v in zip(toks, nll, strict=True)],
                 context_positions=positions[-8:],
                 signature={f: round(float(p), 4) for f, p in zip(FAMILIES, probs, strict=True)},
-                attention=self._attended(st, ids, top),
+                # a full forward pass: only for the record that switched the device on
+                attention=[] if was_on else self._attended(st, ids, top),
             )
         # learn (after deciding)
         self._learn(st, ts, ids, keys, raw, hot=hot)
