@@ -61,7 +61,7 @@ def test_real_hass_loads_giot(tmp_path: Path) -> None:
         [sys.executable, "-m", "homeassistant", "--config", str(config), "--skip-pip"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # its own log: <config>/home-assistant.log
     )
     base = f"http://127.0.0.1:{port}"
     client_id = f"{base}/"
