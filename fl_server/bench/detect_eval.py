@@ -247,6 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=DetectorConfig().warmup)
     ap.add_argument("--signature-in-warmup", action="store_true")
     ap.add_argument(
+        "--carry-tokens",
+        type=int,
+        default=DetectorConfig().carry_tokens,
+        help="tokens a device's KV-cached window starts with (56: a sliding window)",
+    )
+    ap.add_argument(
         "--late-switches-on",
         action="store_true",
         help="let records that started before the window switch a device on (the old behaviour)",
@@ -267,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=args.warmup,
         signature_in_warmup=args.signature_in_warmup,
         fresh_only=not args.late_switches_on,
+        carry_tokens=args.carry_tokens,
     )
     results = evaluate(paths, args.methods.split(","), args.model, args.steps, det_cfg)
     cmd = "scripts/bench detect-eval " + " ".join(argv if argv is not None else sys.argv[1:])

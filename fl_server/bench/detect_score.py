@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from giot_engine.detector import BigramModel, Detector, DetectorConfig, TokenScorer
+from giot_engine.context import TokenScorer
+from giot_engine.detector import BigramModel, Detector, DetectorConfig
 from giot_engine.model import GIoTConfig, GIoTModel
 from giot_engine.records import FlowRecord, ParseStats
 from giot_engine.signature import SignatureHead, family_of
@@ -30,6 +31,7 @@ from giot_engine.zeek import FlowRow, iter_flow_rows
 SEED = 23
 DEFAULT_STEPS = 300
 WINDOW = 64
+BATCH = 256  # records per Detector.process_many call
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +121,15 @@ def train_detector(
 def score_rows(detector: Detector, rows: Sequence[FlowRow]) -> list[tuple[str, float | None, int]]:
     """(uid, score or None, alarm) for every row, in order."""
     out: list[tuple[str, float | None, int]] = []
-    for row in rows:
-        if row.record is None:
-            out.append((row.uid or "", None, 0))
-            continue
-        v = detector.process(row.record)
-        out.append((row.record.uid or row.uid or "", round(float(v.score), 4), int(v.alarm)))
+    for lo in range(0, len(rows), BATCH):  # batches as a hub forms them; verdicts are the same
+        chunk = rows[lo : lo + BATCH]
+        verdicts = iter(detector.process_many([r.record for r in chunk if r.record is not None]))
+        for row in chunk:
+            if row.record is None:
+                out.append((row.uid or "", None, 0))
+                continue
+            v = next(verdicts)
+            out.append((row.record.uid or row.uid or "", round(float(v.score), 4), int(v.alarm)))
     return out
 
 

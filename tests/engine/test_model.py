@@ -161,6 +161,45 @@ def test_incremental_scoring_equals_whole_window() -> None:
     np.testing.assert_allclose(trial_nll, whole[:, 5:9], rtol=1e-5, atol=1e-5)
 
 
+def test_pool_rows_score_contexts_of_different_lengths_like_whole_windows() -> None:
+    """score_rows: each pool row keeps its own length, so devices batch whatever their context."""
+    model = _perturbed(SMALL, 5, scale=0.1)
+    rng = np.random.default_rng(9)
+    n_rows = 90  # more tokens than one chunk: several chunks in one call
+    ids = _ids(SMALL, n_rows, 24, seed=3)
+    whole = model.token_nll(ids)
+    pool = model.new_cache(n_rows + 5)
+    slots = rng.permutation(n_rows + 5)[:n_rows]  # devices sit in arbitrary pool rows
+    length = np.zeros(n_rows, np.intp)
+    got = np.full((n_rows, 24), np.nan)
+    while (length < 24).any():
+        todo = np.flatnonzero(length < 24)
+        todo = todo[rng.random(len(todo)) < 0.7] if len(todo) > 3 else todo  # not all each time
+        for t in (1, 3, 5):
+            pick = todo[length[todo] + t <= 24]
+            if t != 5:
+                pick = pick[rng.random(len(pick)) < 0.5]
+            todo = np.setdiff1d(todo, pick)
+            if not len(pick):
+                continue
+            cols = length[pick][:, None] + np.arange(t)
+            new = ids[pick[:, None], cols]
+            nll = model.score_rows(pool, slots[pick], length[pick], new)
+            got[pick[:, None], cols] = nll
+            length[pick] += t
+        for r in todo:  # the tails that fit no chunk size
+            t = 24 - int(length[r])
+            nll = model.score_rows(pool, slots[[r]], length[[r]], ids[[r], length[r] :])
+            got[r, length[r] :] = nll[0]
+            length[r] += t
+    assert np.isnan(got[:, 0]).all()
+    np.testing.assert_allclose(got[:, 1:], whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="capacity"):
+        model.score_rows(pool, slots[:1], np.array([20]), ids[:1, :5])
+    with pytest.raises(ValueError, match="distinct rows"):
+        model.score_rows(pool, np.array([1, 1]), np.array([0, 0]), ids[:2, :2])
+
+
 def test_scoring_stays_exact_with_large_weights() -> None:
     """Large logits and attention scores take the max-subtracting fallbacks."""
     model = _perturbed(SMALL, 5, scale=0.1)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .detector import TokenScorer, device_of
+from .context import TokenScorer
+from .detector import device_of
 from .records import FlowRecord
 from .tokenizer import BOS_ID, PORT_CLASSES, PROTOS, Vocabulary, address_scope, port_class
 

@@ -17,14 +17,16 @@ artefacts and earlier records only, so replaying a stream gives the verdicts a h
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
+from .context import ContextScorer, TokenScorer
 from .records import DeviceEvent, FlowRecord
 from .signature import FAMILIES, BehaviourWindow, SignatureHead
 from .tokenizer import (
@@ -41,14 +43,6 @@ from .tokenizer import (
 
 Severity = Literal["none", "low", "medium", "high"]
 STATE_VERSION = 1
-
-
-class TokenScorer(Protocol):
-    """What the detector needs of a language model (``GIoTModel`` provides it)."""
-
-    def token_nll(self, ids: np.ndarray) -> np.ndarray:
-        """(B, T) ids -> (B, T-1) negative log-likelihood of each next token."""
-        ...
 
 
 class BigramModel:
@@ -118,6 +112,10 @@ class DetectorConfig:
     habit_min_events: int = 30
     burst_factor: float = 2.0
     burst_min: int = 10  # events in a minute that can be a burst, whatever the device
+    # a KV-cached window (GIoT model) starts with this many tokens of the device's past and grows
+    # to ``context_tokens``; ``context_tokens - 1 - FLOW_TOKENS`` is a sliding window (slower)
+    carry_tokens: int = 28
+    cached_devices: int = 128  # KV-cached windows kept (64 KiB each for the default model)
 
 
 @dataclass(slots=True)
@@ -145,6 +143,8 @@ class Verdict:
     explanation: Explanation | None
     surprise: float = 0.0  # calibrated surprise alone (nats over the device threshold)
     attack_probability: float = 0.0  # signature head alone
+    warmed: bool = False  # the device had finished warm-up before this record
+    ids: list[int] = field(default_factory=list)  # the record's token ids, as scored
 
 
 @dataclass(slots=True)
@@ -173,6 +173,7 @@ class DeviceState:
     hours: list[float] = field(default_factory=lambda: [0.0] * 24)  # events per hour of day
     busiest: int = 0  # most events in 60 s so far (learnt slowly)
     busiest_ts: float = float("-inf")  # when it last grew
+    ranked: list[float] = field(default_factory=list)  # ``calib`` sorted (derived, not saved)
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON form."""
@@ -231,7 +232,27 @@ class DeviceState:
             hours=[float(x) for x in g("hours", [0.0] * 24)],  # type: ignore[attr-defined]
             busiest=int(str(g("busiest", 0))),
             busiest_ts=float("-inf") if busiest_ts is None else float(str(busiest_ts)),
+            ranked=sorted(float(x) for x in g("calib", [])),  # type: ignore[attr-defined]
         )
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A record prepared for scoring: what its decision needs from the time it arrived."""
+
+    device: str
+    st: DeviceState
+    ts: float
+    now: float  # the device's latest time before this record (hysteresis, freshness)
+    toks: list[str]
+    ids: list[int]
+    flow: FlowRecord | None = None
+    peer: str = ""
+    feats: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    mark: int = 0  # the device window's add count before this flow (for its words)
+    event: DeviceEvent | None = None
+    recent: int = 0  # the device's events of the last minute before this one
 
 
 def device_of(flow: FlowRecord) -> str:
@@ -251,11 +272,23 @@ class Detector:
         config: DetectorConfig | None = None,
         vocab: Vocabulary | None = None,
     ) -> None:
-        self.model = model
         self.signature = signature or SignatureHead.untrained()
         self.config = config or DetectorConfig()
         self.vocab = vocab or Vocabulary.default()
         self.devices: dict[str, DeviceState] = {}
+        cfg = self.config
+        self.contexts = ContextScorer(
+            model, cfg.context_tokens, self._ctx_len(), cfg.carry_tokens, cfg.cached_devices
+        )
+
+    @property
+    def model(self) -> TokenScorer:
+        """The language model; replacing it (new weights) restarts every device's window."""
+        return self.contexts.model
+
+    @model.setter
+    def model(self, model: TokenScorer) -> None:
+        self.contexts.model = model
 
     # -- state -------------------------------------------------------------------------------
     def _state(self, device: str) -> DeviceState:
@@ -289,65 +322,121 @@ class Detector:
             str(k): DeviceState.from_dict(v, self._ctx_len(), self.config.calib_size)
             for k, v in devices.items()
         }
+        self.contexts.clear()
 
     # -- scoring -----------------------------------------------------------------------------
     def process(self, flow: FlowRecord) -> Verdict:
         """Score one flow, decide, then learn from it (in that order: strictly causal)."""
-        st, peer, toks, feats = self._prepare(flow)
-        probs = self.signature.predict(feats)
-        verdict = self._decide(st, flow.ts, toks, probs)
-        if verdict.alarm and verdict.explanation is not None:
-            verdict.explanation.text = _flow_words(flow, peer, st.window, verdict)
-        st.window.add(flow, peer)
-        _seen_at(st, flow.ts)
-        return verdict
+        return self.process_many([flow])[0]
 
-    def _prepare(self, flow: FlowRecord) -> tuple[DeviceState, str, list[str], np.ndarray]:
+    def process_event(self, event: DeviceEvent) -> Verdict:
+        """Score one Home Assistant state change (surprise only: no signature families)."""
+        return self.process_many([event])[0]
+
+    def process_many(
+        self,
+        records: Sequence[FlowRecord | DeviceEvent],
+        between: Callable[[], object] | None = None,
+    ) -> list[Verdict]:
+        """Verdicts of ``records`` in order, as ``process``/``process_event`` one by one give.
+
+        Faster: what a record's tokens and signature features need (its device's earlier
+        records) is prepared first for the whole batch, the model then scores every record in
+        its device's context with a few batched calls, and the decisions follow in order. Each
+        record still sees only the records before it. ``between`` is called between records
+        (e.g. a host whose event loop shares the interpreter lets it run now and then).
+        """
+        pending = []
+        for r in records:
+            pending.append(
+                self._prepare(r) if isinstance(r, FlowRecord) else self._prepare_event(r)
+            )
+            if between is not None:
+                between()
+        flows = [p for p in pending if p.feats is not None]
+        if flows:
+            probs = self.signature.predict(np.stack([p.feats for p in flows]))  # type: ignore[misc]
+            for p, row in zip(flows, probs, strict=True):
+                p.probs = row
+        nlls = self.contexts.score([(p.device, p.st.ids, p.ids) for p in pending])
+        verdicts = []
+        for p, nll in zip(pending, nlls, strict=True):
+            verdicts.append(self._conclude(p, nll))
+            if between is not None:
+                between()
+        return verdicts
+
+    def _prepare(self, flow: FlowRecord) -> _Pending:
+        """Tokens and features of a flow from its device's earlier flows; remember it for later."""
         device = device_of(flow)
         st = self._state(device)
         peer = flow.resp_h if device == flow.orig_h else flow.orig_h
         ctx = TokenContext(st.prev_ts, self._recent(st, flow.ts), self.config.utc_offset_s)
-        return st, peer, flow_tokens(flow, ctx, device), st.window.features(flow, peer)
+        toks = flow_tokens(flow, ctx, device)
+        p = _Pending(
+            device, st, flow.ts, max(st.window.now, flow.ts), toks, self.vocab.encode(toks)
+        )
+        p.flow, p.peer, p.feats = flow, peer, st.window.features(flow, peer)
+        p.mark = st.window.added
+        st.window.add(flow, peer)
+        st.prev_ts = flow.ts if st.prev_ts is None else max(st.prev_ts, flow.ts)
+        _seen_at(st, flow.ts)
+        return p
+
+    def _prepare_event(self, event: DeviceEvent) -> _Pending:
+        device = event.device_id or event.entity_id
+        st = self._state(device)
+        recent = sum(1 for t in st.event_times if t >= event.ts - 60.0)
+        toks = event_tokens(event, TokenContext(st.prev_ts, recent, self.config.utc_offset_s))
+        now = max(st.window.now, event.ts)
+        p = _Pending(device, st, event.ts, now, toks, self.vocab.encode(toks))
+        p.event, p.recent = event, recent
+        st.window.now = now
+        st.event_times.append(event.ts)
+        st.prev_ts = event.ts if st.prev_ts is None else max(st.prev_ts, event.ts)
+        _seen_at(st, event.ts)
+        return p
+
+    def _conclude(self, p: _Pending, nll: np.ndarray) -> Verdict:
+        """Decide on a prepared record given its tokens' NLL, then learn from it."""
+        st = p.st
+        if p.flow is not None:
+            assert p.probs is not None
+            verdict = self._decide(p, nll, p.probs)
+            if verdict.alarm and verdict.explanation is not None:
+                like = st.window.count_like(p.flow, before=p.mark, now=p.now)
+                verdict.explanation.text = _flow_words(p.flow, p.peer, like, verdict)
+            return verdict
+        event = p.event
+        assert event is not None
+        probs = np.zeros(len(FAMILIES))
+        probs[0] = 1.0
+        habit, why = self._habit(st, event.ts, p.recent + 1)
+        verdict = self._decide(p, nll, probs, habit)
+        if verdict.alarm and verdict.explanation is not None:
+            verdict.explanation.text = (
+                f"{event.entity_id} changed {event.old_state} -> {event.new_state}; unusual: "
+                + (why or _unusual_words(verdict.explanation.tokens))
+            )
+        # the busiest minute is learnt one event per minute at most: a real change of pace
+        # gets learnt over time, a burst that ramps up does not raise its own limit
+        if habit <= 0 and p.recent + 1 > st.busiest and event.ts - st.busiest_ts >= 60.0:
+            st.busiest, st.busiest_ts = st.busiest + 1, event.ts
+        st.hours[_hour(event.ts, self.config.utc_offset_s)] += 1.0
+        _change_state(st, event)
+        return verdict
 
     def observe(self, flow: FlowRecord) -> tuple[str, list[int], np.ndarray]:
         """Return a training flow's device, token ids and signature features, without scoring.
 
         Exactly what ``process`` sees, so training data is prepared with the same code.
         """
-        st, peer, toks, feats = self._prepare(flow)
-        ids = self.vocab.encode(toks)
-        st.ids.extend(ids)
-        st.seen += 1
-        st.prev_ts = flow.ts if st.prev_ts is None else max(st.prev_ts, flow.ts)
-        st.window.add(flow, peer)
-        _seen_at(st, flow.ts)
-        return device_of(flow), ids, feats
-
-    def process_event(self, event: DeviceEvent) -> Verdict:
-        """Score one Home Assistant state change (surprise only: no signature families)."""
-        st = self._state(event.device_id or event.entity_id)
-        recent = sum(1 for t in st.event_times if t >= event.ts - 60.0)
-        ctx = TokenContext(st.prev_ts, recent, self.config.utc_offset_s)
-        toks = event_tokens(event, ctx)
-        probs = np.zeros(len(FAMILIES))
-        probs[0] = 1.0
-        habit, why = self._habit(st, event.ts, recent + 1)
-        verdict = self._decide(st, event.ts, toks, probs, habit)
-        if verdict.alarm and verdict.explanation is not None:
-            verdict.explanation.text = (
-                f"{event.entity_id} changed {event.old_state} -> {event.new_state}; unusual: "
-                + (why or _unusual_words(verdict.explanation.tokens))
-            )
-        st.window.now = max(st.window.now, event.ts)
-        st.event_times.append(event.ts)
-        # the busiest minute is learnt one event per minute at most: a real change of pace
-        # gets learnt over time, a burst that ramps up does not raise its own limit
-        if habit <= 0 and recent + 1 > st.busiest and event.ts - st.busiest_ts >= 60.0:
-            st.busiest, st.busiest_ts = st.busiest + 1, event.ts
-        st.hours[_hour(event.ts, self.config.utc_offset_s)] += 1.0
-        _seen_at(st, event.ts)
-        _change_state(st, event)
-        return verdict
+        p = self._prepare(flow)
+        p.st.ids.extend(p.ids)
+        p.st.seen += 1
+        self.contexts.forget(p.device)
+        assert p.feats is not None
+        return p.device, p.ids, p.feats
 
     def _habit(self, st: DeviceState, ts: float, in_minute: int) -> tuple[float, str]:
         """Score (0 = threshold) of an event against the device's hours and pace, and why.
@@ -411,13 +500,6 @@ class Detector:
         now = max(st.window.now, ts)
         return sum(1 for s in st.window.flows if s.ts >= now - 60.0)
 
-    def _surprise(self, st: DeviceState, ids: list[int]) -> np.ndarray:
-        room = self.config.context_tokens - 1 - len(ids)
-        ctx = list(st.ids)[len(st.ids) - min(room, len(st.ids)) :]
-        seq = np.asarray([[BOS_ID, *ctx, *ids]], dtype=np.int64)
-        nll: np.ndarray = np.asarray(self.model.token_nll(seq), dtype=np.float64)[0, -len(ids) :]
-        return nll
-
     def _attended(self, st: DeviceState, ids: list[int], top: int) -> list[tuple[int, float]]:
         """Context positions the model attended to for the record's ``top`` token (top 5)."""
         if not hasattr(self.model, "params") or not hasattr(self.model, "config"):
@@ -433,22 +515,16 @@ class Detector:
         return [(offset + int(i), round(float(weights[i]), 4)) for i in order]
 
     def _decide(
-        self,
-        st: DeviceState,
-        ts: float,
-        toks: list[str],
-        probs: np.ndarray,
-        habit: float = -math.inf,
+        self, p: _Pending, nll: np.ndarray, probs: np.ndarray, habit: float = -math.inf
     ) -> Verdict:
+        st, ts, now, toks, ids = p.st, p.ts, p.now, p.toks, p.ids
         cfg = self.config
-        ids = self.vocab.encode(toks)
-        nll = self._surprise(st, ids)
         keys = _cache_keys(toks)
         nll = self._cached(st, keys, nll)
         raw = float(nll.sum())
         warmed = st.seen >= cfg.warmup
         if len(st.calib) >= max(1, min(cfg.warmup, cfg.calib_size)):
-            q = float(np.quantile(np.asarray(st.calib), 1.0 - cfg.target_fa_rate))
+            q = _quantile(st.ranked, 1.0 - cfg.target_fa_rate)
             thr = max(cfg.floor_nats, q + cfg.margin_nats)
         else:
             thr = cfg.floor_nats
@@ -458,8 +534,7 @@ class Detector:
         sig_ok = warmed or cfg.signature_in_warmup
         score = max(surprise, sig, habit)
         hot = (sig > 0 and sig_ok) or (max(surprise, habit) > 0 and warmed)
-        # aggregation with hysteresis
-        now = max(st.window.now, ts)
+        # aggregation with hysteresis (``now``: the device's latest time before this record)
         while st.hot and st.hot[0] < now - cfg.window_s:
             st.hot.popleft()
         if st.on and now - st.last_hot > cfg.off_s:
@@ -495,7 +570,9 @@ class Detector:
             )
         # learn (after deciding)
         self._learn(st, ts, ids, keys, raw, hot=hot)
-        return Verdict(score, alarm, severity, family, explanation, surprise, p_attack)
+        return Verdict(
+            score, alarm, severity, family, explanation, surprise, p_attack, warmed, list(ids)
+        )
 
     def _learn(
         self,
@@ -512,7 +589,10 @@ class Detector:
         st.seen += 1
         st.prev_ts = ts if st.prev_ts is None else max(st.prev_ts, ts)
         if not hot and st.seen > cfg.warmup:  # first sightings of a young device say little
+            if len(st.calib) == st.calib.maxlen:  # the oldest leaves the sorted copy too
+                del st.ranked[bisect.bisect_left(st.ranked, st.calib[0])]
             st.calib.append(raw)
+            bisect.insort(st.ranked, raw)
         # hot shapes are learnt slowly: a repeated benign novelty fades, an attack stays loud
         weight = cfg.hot_weight if hot else 1.0
         for num, den in keys:
@@ -531,11 +611,19 @@ class Detector:
         even long after it left the model's context window.
         """
         a = self.config.cache_alpha
-        out = np.empty_like(nll)
-        for i, (num, den) in enumerate(keys):
+        log_a = math.log(a)
+        out = np.empty(len(keys))
+        for i, ((num, den), x) in enumerate(zip(keys, nll.tolist(), strict=True)):
             c, n = st.shapes.get(num, 0.0), st.shapes.get(den, 0.0)
-            mix = np.logaddexp(math.log(c) if c > 0 else -np.inf, math.log(a) - float(nll[i]))
-            out[i] = math.log(n + a) - mix
+            # -log((c + a e^-x) / (n + a)), in the form that cannot overflow
+            mixed = (
+                x - log_a
+                if c <= 0
+                else -math.log(c + a * math.exp(-x))
+                if x < 700
+                else -math.log(c)
+            )
+            out[i] = math.log(n + a) + mixed
         return out
 
 
@@ -577,6 +665,14 @@ def attention_maps(params: Mapping[str, np.ndarray], config: object, ids: np.nda
         g = 0.5 * a * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a**3)))
         x = x + g @ params[h + "mlp.c_proj.weight"] + params[h + "mlp.c_proj.bias"]
     return np.stack(maps)
+
+
+def _quantile(ranked: list[float], q: float) -> float:
+    """``np.quantile(ranked, q)`` (linear interpolation) of an already sorted list, O(1)."""
+    h = (len(ranked) - 1) * q
+    lo = math.floor(h)
+    hi = min(lo + 1, len(ranked) - 1)
+    return ranked[lo] + (ranked[hi] - ranked[lo]) * (h - lo)
 
 
 def _seen_at(st: DeviceState, ts: float) -> None:
@@ -680,8 +776,7 @@ def _unusual_words(tokens: list[tuple[str, float]]) -> str:
     return ", ".join(f"{_token_words(t)} ({v:.1f} nats)" for t, v in top)
 
 
-def _flow_words(flow: FlowRecord, peer: str, window: BehaviourWindow, v: Verdict) -> str:
-    n = window.count_like(flow)
+def _flow_words(flow: FlowRecord, peer: str, n: int, v: Verdict) -> str:
     what = "connection attempt" if flow.proto == "tcp" else "flow"
     what += "" if n == 1 else "s"
     state = f", state {flow.conn_state}" if flow.conn_state else ""

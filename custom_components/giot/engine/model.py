@@ -21,7 +21,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -551,10 +551,12 @@ class GIoTModel:
         if not 0 < cap <= cfg.n_positions:
             raise ValueError(f"capacity {cap} outside 1..{cfg.n_positions}")
         nh, hd = cfg.n_head, cfg.head_dim
+        # zeros, not empty: score_rows reads (masked) positions past a row's length, and
+        # 0 * a stray NaN/inf in uninitialised memory would still poison the attention sum
         return KVCache(
-            keys=[np.empty((batch, nh, hd, cap), np.float32) for _ in range(cfg.n_layer)],
-            values=[np.empty((batch, cap, nh, hd), np.float32) for _ in range(cfg.n_layer)],
-            last=np.empty((batch, cfg.n_embd), np.float32),
+            keys=[np.zeros((batch, nh, hd, cap), np.float32) for _ in range(cfg.n_layer)],
+            values=[np.zeros((batch, cap, nh, hd), np.float32) for _ in range(cfg.n_layer)],
+            last=np.zeros((batch, cfg.n_embd), np.float32),
         )
 
     def _fused(self) -> _Fused:
@@ -669,6 +671,142 @@ class GIoTModel:
                 out=_buf(ws, "logits", len(targets), cfg.vocab_size),
             )
             nll[:, first:] = _nll_from_logits(logits, targets, f.exp_safe).reshape(b, -1)
+        return nll
+
+    def score_rows(
+        self,
+        cache: KVCache,
+        rows: IntArray,
+        past: IntArray,
+        new_ids: IntArray,
+        lengths: IntArray | None = None,
+    ) -> FloatArray:
+        """Append ``new_ids`` (b, t) to the contexts in cache ``rows`` (b,) of lengths ``past``.
+
+        The pool form of ``score_append``: each row of ``cache`` is one device's context and
+        keeps its own length (``cache.length`` is not used), so the devices that have a record
+        waiting are scored in one batch whatever their context lengths. ``lengths`` (b,): how many
+        of a row's ``new_ids`` are real (the rest is padding, neither cached nor scored; default
+        all). Column j is -log p(new_ids[:, j] | context, new_ids[:, :j]), NaN in column 0 of rows
+        whose context is empty, undefined in padding. Rows must be distinct. The new keys/values
+        go into the rows at ``past .. past + length``; later positions are left as they were.
+        """
+        return self.score_groups(cache, [(rows, past, new_ids, lengths)])[0]
+
+    def score_groups(
+        self,
+        cache: KVCache,
+        groups: Sequence[tuple[IntArray, IntArray, IntArray, IntArray | None]],
+    ) -> list[FloatArray]:
+        """``score_rows`` for several (rows, past, new_ids, lengths) groups, each its own width.
+
+        One call folds the weights once for all groups (it costs as much as a small batch).
+        """
+        f: _Fused | None = None
+        outs: list[FloatArray] = []
+        for rows_, past_, new_ids, lengths_ in groups:
+            ids = self._check_ids(new_ids)
+            rows, past = np.asarray(rows_, np.intp), np.asarray(past_, np.intp)
+            b, t = ids.shape
+            lengths = np.full(b, t, np.intp) if lengths_ is None else np.asarray(lengths_, np.intp)
+            if rows.shape != (b,) or past.shape != (b,) or lengths.shape != (b,):
+                raise ValueError(f"rows, past and lengths must be ({b},)")
+            if b and (lengths.min() < 1 or lengths.max() > t):
+                raise ValueError(f"lengths must be in 1..{t}")
+            if b and (past.min() < 0 or (past + lengths).max() > cache.capacity):
+                raise ValueError(
+                    f"contexts + new tokens exceed the cache capacity {cache.capacity}"
+                )
+            if b and (len(np.unique(rows)) != b or rows.min() < 0 or rows.max() >= len(cache.last)):
+                raise ValueError("rows must be distinct rows of the cache")
+            out = np.empty((b, t), np.float32)
+            outs.append(out)
+            if t == 0 or b == 0:
+                continue
+            f = f or self._fused()
+            step = max(1, _CHUNK_TOKENS // t)
+            for lo in range(0, b, step):
+                hi = min(b, lo + step)
+                out[lo:hi] = self._rows_chunk(
+                    f, cache, rows[lo:hi], past[lo:hi], ids[lo:hi], lengths[lo:hi]
+                )
+        return outs
+
+    def _rows_chunk(  # noqa: PLR0917 (one chunk of score_groups)
+        self,
+        f: _Fused,
+        cache: KVCache,
+        rows: IntArray,
+        past: IntArray,
+        ids: IntArray,
+        lengths: IntArray,
+    ) -> FloatArray:
+        cfg, p, ws = self.config, self.params, cache.scratch
+        b, t = ids.shape
+        n, total = b * t, int((past + lengths).max())
+        c, nh, hd, eps = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.layer_norm_epsilon
+        pos = past[:, None] + np.arange(t)  # (b, t) absolute positions of the new tokens
+        real = np.arange(t)[None, :] < lengths[:, None]
+        rr, jj = np.nonzero(real)
+        rows_real, pos_real = rows[rr], pos[rr, jj]
+        x = np.take(p["transformer.wte.weight"], ids.reshape(-1), axis=0, out=_buf(ws, "x", n, c))
+        x += p["transformer.wpe.weight"][np.minimum(pos, cfg.n_positions - 1).reshape(-1)]
+        y = _buf(ws, "y", b, t, nh, hd)
+        # per row: key j is visible to new query q when j <= past + q (its own earlier tokens)
+        visible = np.arange(total)[None, None, :] <= pos[:, :, None]
+        mask = np.where(visible, np.float32(0.0), np.float32(-np.inf))[:, None]
+        cap = cache.capacity
+        for i in range(cfg.n_layer):
+            # mode="clip": 3x faster than the default into ``out`` (rows were checked)
+            kc = _buf(ws, "kc", b, nh, hd, cap)
+            np.take(cache.keys[i], rows, axis=0, out=kc, mode="clip")
+            vc = _buf(ws, "vc", b, cap, nh, hd)
+            np.take(cache.values[i], rows, axis=0, out=vc, mode="clip")
+            h = _layernorm(x, eps, _buf(ws, "h", n, c))[0]
+            qkv = np.matmul(h, f.qkv_w[i], out=_buf(ws, "qkv", n, 3 * c))
+            qkv[:, :c] += f.q_b[i]
+            qkv5 = qkv.reshape(b, t, 3, nh, hd)
+            k_new, v_new = qkv5[rr, jj, 1], qkv5[rr, jj, 2]
+            kc[rr, :, :, pos_real] = k_new
+            vc[rr, pos_real] = v_new
+            cache.keys[i][rows_real, :, :, pos_real] = k_new
+            cache.values[i][rows_real, pos_real] = v_new
+            _attention(
+                qkv5[:, :, 0].transpose(0, 2, 1, 3),
+                kc[..., :total],
+                vc[:, :total].transpose(0, 2, 1, 3),
+                mask,
+                s=_buf(ws, "s", b, nh, t, total),
+                out=y.transpose(0, 2, 1, 3),
+            )
+            x += np.matmul(
+                y.reshape(n, c), self._p(i, "attn.c_proj.weight"), out=_buf(ws, "o", n, c)
+            )
+            x += f.proj_b[i]
+            h = _layernorm(x, eps, _buf(ws, "h", n, c))[0]
+            a = np.matmul(h, f.fc_w[i], out=_buf(ws, "a", n, 4 * c))
+            a += f.fc_b[i]
+            g = _gelu(a, _buf(ws, "g", n, 4 * c))
+            x += np.matmul(g, self._p(i, "mlp.c_proj.weight"), out=_buf(ws, "o", n, c))
+            x += self._p(i, "mlp.c_proj.bias")
+        xhat = _layernorm(x, eps, _buf(ws, "h", n, c))[0].reshape(b, t, c)
+        w_f, b_f = p["transformer.ln_f.weight"], p["transformer.ln_f.bias"]
+        log2e = np.float32(_LOG2E)
+        # the row predicting new token j: the cached last position for j = 0, else token j - 1
+        pred = _buf(ws, "rows", b, t, c)
+        pred[:, 0] = cache.last[rows]
+        pred[past == 0, 0] = 0.0  # nothing to predict from; its NLL is NaN below
+        np.multiply(xhat[:, : t - 1], w_f * log2e, out=pred[:, 1:])
+        pred[:, 1:] += b_f * log2e
+        cache.last[rows] = xhat[np.arange(b), lengths - 1] * (w_f * log2e) + b_f * log2e
+        logits = np.matmul(
+            pred.reshape(n, c),
+            p["transformer.wte.weight"].T,
+            out=_buf(ws, "logits", n, cfg.vocab_size),
+        )
+        with np.errstate(invalid="ignore", over="ignore"):  # padding rows may hold junk
+            nll = _nll_from_logits(logits, ids.reshape(-1), f.exp_safe).reshape(b, t)
+        nll[past == 0, 0] = np.nan
         return nll
 
     # ----------------------------------------------------------------- persistence (HF layout)

@@ -10,6 +10,8 @@ trained with numpy on the training captures' detailed labels; it stays tiny and 
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +75,7 @@ class BehaviourWindow:
         self.flows: deque[_Seen] = deque(maxlen=MAX_WINDOW_FLOWS)
         self.dst_times: dict[str, deque[float]] = {}
         self.now = float("-inf")
+        self.added = 0  # flows added so far (not persisted): marks a point in the stream
 
     def features(self, flow: FlowRecord, peer: str) -> np.ndarray:
         """Features of ``flow`` given the window so far (the flow itself included)."""
@@ -83,10 +86,12 @@ class BehaviourWindow:
         n = len(recent)
         times = [*self.dst_times.get(peer, ()), flow.ts]
         regular = 0.0
-        if len(times) >= 3:
-            gaps = np.diff(np.sort(np.asarray(times[-8:])))
-            mean = float(gaps.mean())
-            regular = 1.0 / (1.0 + float(gaps.std()) / mean) if mean > 0 else 1.0
+        if len(times) >= 3:  # plain floats: numpy costs more than it saves on 8 values
+            ordered = sorted(times[-8:])
+            gaps = [b - a for a, b in itertools.pairwise(ordered)]
+            mean = sum(gaps) / len(gaps)
+            std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
+            regular = 1.0 / (1.0 + std / mean) if mean > 0 else 1.0
         total_bytes = (flow.orig_bytes or 0) + (flow.resp_bytes or 0)
         return np.array(
             [
@@ -112,15 +117,25 @@ class BehaviourWindow:
         """Remember ``flow`` (after its verdict: features stay causal)."""
         self.now = max(self.now, flow.ts)
         self.flows.append(_summarise(flow, peer))
+        self.added += 1
         times = self.dst_times.setdefault(peer, deque(maxlen=8))
         times.append(flow.ts)
         if len(self.dst_times) > 512:  # forget the oldest destinations
             self.dst_times.pop(next(iter(self.dst_times)))
 
-    def count_like(self, flow: FlowRecord) -> int:
-        """Flows of the last minute with the same protocol and destination port as ``flow``."""
-        now = max(self.now, flow.ts)
-        return 1 + sum(1 for s in self.flows if s.ts >= now - WINDOW_S and s.port == flow.resp_p)
+    def count_like(
+        self, flow: FlowRecord, before: int | None = None, now: float | None = None
+    ) -> int:
+        """Flows of the last minute with the same destination port as ``flow``, itself included.
+
+        ``before``/``now``: as the window was when ``added`` was ``before`` and its time ``now``
+        (a batch prepares later flows before it explains an earlier one).
+        """
+        seen = list(self.flows)
+        if before is not None:
+            seen = seen[: max(0, len(seen) - (self.added - before))]
+        now = max(self.now if now is None else now, flow.ts)
+        return 1 + sum(1 for s in seen if s.ts >= now - WINDOW_S and s.port == flow.resp_p)
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON form (addresses stay on the hub: this is the hub's own state)."""
