@@ -10,6 +10,7 @@ from .coordinator import (
     GIoTConfigEntry,
     GIoTCoordinator,
     GIoTRuntimeData,
+    async_delete_issues,
     async_remove_stored_data,
 )
 from .services import async_setup_services
@@ -46,5 +47,10 @@ async def async_remove_entry(hass: HomeAssistant, entry: GIoTConfigEntry) -> Non
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: GIoTConfigEntry) -> bool:
-    """Unload a GIoT entry; the coordinator saves its state when the entry shuts it down."""
-    return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+    """Unload a GIoT entry; the coordinator saves its state when the entry shuts it down.
+
+    Its repair issues go with it (a reload raises those that still apply again).
+    """
+    if unloaded := await hass.config_entries.async_unload_platforms(entry, PLATFORMS):
+        async_delete_issues(hass)
+    return unloaded

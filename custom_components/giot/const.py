@@ -56,6 +56,8 @@ class AlertType(StrEnum):
     C2_BEACON = "c2_beacon"
     FLOOD = "flood"
     UNUSUAL_ACTIVITY = "unusual_activity"
+    DEVICE_SILENT = "device_silent"
+    STUCK_STATE = "stuck_state"
     NEW_DEVICE = "new_device"
 
 
@@ -88,6 +90,13 @@ ATTR_DURATION: Final = "duration"
 # per alert type per hold, so a scan of a thousand flows is one alert, not a thousand.
 ALARM_HOLD: Final = timedelta(minutes=10)
 HOUSEKEEPING_INTERVAL: Final = timedelta(minutes=1)
+# Absence (a device gone silent, a sensor stuck) can only be judged on a clock, not on a record.
+ABSENCE_INTERVAL: Final = timedelta(minutes=1)
+# Devices GIoT found on its own (network-only, or registry devices flows were attributed to) are
+# forgotten, entities and learnt state included, once unseen for the retention period; at most
+# this many network-only devices exist at once (a sweep of spoofed LAN addresses must not make
+# thousands of entities).
+MAX_NETWORK_DEVICES: Final = 256
 NO_DATA_AFTER: Final = timedelta(days=1)
 SAVE_DELAY_S: Final = 60.0
 BATCH_MAX: Final = 2048

@@ -37,6 +37,7 @@ from homeassistant.util import dt as dt_util
 
 from .attribution import DeviceAttributor, NewAddress, is_lan_ip
 from .const import (
+    ABSENCE_INTERVAL,
     ALARM_HOLD,
     AWAY_EVENT_OFFSET,
     AWAY_FLOW_OFFSET,
@@ -58,6 +59,7 @@ from .const import (
     HOUSEKEEPING_INTERVAL,
     HUB_KEY,
     LOGGER,
+    MAX_NETWORK_DEVICES,
     NO_DATA_AFTER,
     SAVE_DELAY_S,
     SENSITIVITY_OFFSET,
@@ -72,7 +74,7 @@ from .engine.detector import Detector as EngineCore
 from .engine.detector import Verdict as EngineVerdict
 from .engine.detector import device_of
 from .engine.records import DeviceEvent, FlowRecord
-from .engine.tokenizer import BOS_ID, EVENT_TOKENS, FLOW_TOKENS, Vocabulary
+from .engine.tokenizer import BOS_ID, Vocabulary
 from .model_manager import N_POSITIONS, ModelManager, TrainResult
 from .netflow_listener import NetFlowListener
 from .state_collector import MonitoredSelection, StateCollector
@@ -109,6 +111,8 @@ FAMILY_TO_ALERT: Mapping[str, AlertType] = {
     "c2_beacon": AlertType.C2_BEACON,
     "ddos": AlertType.FLOOD,
     "flood": AlertType.FLOOD,
+    "silent": AlertType.DEVICE_SILENT,
+    "stuck": AlertType.STUCK_STATE,
 }
 
 
@@ -163,6 +167,12 @@ class Detector(Protocol):
 
     def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
         """Score device events, updating their context."""
+
+    def tick(self, now: float) -> list[Verdict]:
+        """Absence at ``now`` (epoch seconds): one verdict per device gone silent or stuck."""
+
+    def forget(self, key: str) -> None:
+        """Drop everything learnt about a device that is no longer watched."""
 
     def drain_windows(self) -> list[Window]:
         """Token windows (device, ids, ts) produced since the last call, for the window store."""
@@ -230,6 +240,7 @@ class EngineDetector:
         self._count: Counter[str] = Counter()
         self._tail: dict[str, deque[int]] = {}
         self._taken: dict[str, deque[np.ndarray]] = {}
+        self._keys: dict[str, str] = {}  # engine device (address, entity) -> coordinator key
         self._last_yield = 0.0
 
     @property
@@ -267,16 +278,14 @@ class EngineDetector:
         alarm = raw.alarm and score >= 0
         if alarm:
             self._last_alarm[key] = kind
+        self._keys[engine_key] = key  # for ``tick``, whose verdicts name engine devices
         self._count[key] += 1
-        state = self.engine.devices.get(engine_key)
-        if state is not None:
-            tail = self._tail.setdefault(engine_key, deque(maxlen=self.WINDOW_TOKENS))
-            added = min(len(state.ids), EVENT_TOKENS if kw.get("is_event") else FLOW_TOKENS)
-            tail.extend(state.ids[i] for i in range(-added, 0))
-            if len(tail) == self.WINDOW_TOKENS and self._count[key] % self.WINDOW_EVERY == 0:
-                window = np.asarray([BOS_ID, *tail], dtype=np.int32)
-                self._windows.append((key, window, ts))
-                self._taken.setdefault(key, deque(maxlen=self.FEEDBACK_WINDOWS)).append(window)
+        tail = self._tail.setdefault(engine_key, deque(maxlen=self.WINDOW_TOKENS))
+        tail.extend(raw.ids)  # the record's tokens, as the engine scored them
+        if len(tail) == self.WINDOW_TOKENS and self._count[key] % self.WINDOW_EVERY == 0:
+            window = np.asarray([BOS_ID, *tail], dtype=np.int32)
+            self._windows.append((key, window, ts))
+            self._taken.setdefault(key, deque(maxlen=self.FEEDBACK_WINDOWS)).append(window)
         return Verdict(
             key,
             round(score, 3),
@@ -302,45 +311,101 @@ class EngineDetector:
             self._last_yield = time.perf_counter()
 
     def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
-        """Score each flow with the engine, in order."""
-        verdicts = []
+        """Score the flows with the engine in one batch (the verdicts of one at a time)."""
+        named: list[str | None] = []
+        last_ts: dict[str, float | None] = {}  # each device's previous flow, batch included
         for key, flow in items:
             self._breathe()
             engine_key = device_of(flow)
-            state = self.engine.devices.get(engine_key)
-            warmed = state is not None and state.seen >= self.engine.config.warmup
+            if engine_key not in last_ts:
+                state = self.engine.devices.get(engine_key)
+                last_ts[engine_key] = state.prev_ts if state is not None else None
             behaviour = self._behaviours.setdefault(key, Behaviour())
-            behaviour.add(flow, state.prev_ts if state is not None else None)
+            behaviour.add(flow, last_ts[engine_key])
+            previous = last_ts[engine_key]
+            last_ts[engine_key] = flow.ts if previous is None else max(previous, flow.ts)
             del behaviour.gaps[: -self.KEEP], behaviour.bytes_per_flow[: -self.KEEP]
-            named = self._name(key, flow)
-            raw = self.engine.process(flow)
+            named.append(self._name(key, flow))
+        raws = self.engine.process_many([flow for _, flow in items], between=self._breathe)
+        verdicts = []
+        for (key, flow), raw, name in zip(items, raws, named, strict=True):
+            self._breathe()
             verdicts.append(
-                self._verdict(key, engine_key, raw, flow.ts, warmed=warmed, named=named)
+                self._verdict(key, device_of(flow), raw, flow.ts, warmed=raw.warmed, named=name)
             )
         return verdicts
 
     def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
-        """Score each device event with the engine, in order."""
-        verdicts = []
+        """Score the device events with the engine in one batch (the verdicts of one at a time)."""
         for key, event in items:
-            self._breathe()
-            engine_key = event.device_id or event.entity_id
-            state = self.engine.devices.get(engine_key)
-            warmed = state is not None and state.seen >= self.engine.config.warmup
             self._events.setdefault(key, Counter())[f"{event.entity_id} {event.new_state}"] += 1
-            raw = self.engine.process_event(event)
+        raws = self.engine.process_many([event for _, event in items], between=self._breathe)
+        verdicts = []
+        for (key, event), raw in zip(items, raws, strict=True):
+            self._breathe()
             verdicts.append(
                 self._verdict(
                     key,
-                    engine_key,
+                    event.device_id or event.entity_id,
                     raw,
                     event.ts,
-                    warmed=warmed,
+                    warmed=raw.warmed,
                     user_initiated=event.source == "user",
                     is_event=True,
                 )
             )
         return verdicts
+
+    def tick(self, now: float) -> list[Verdict]:
+        """Absence verdicts of the engine at ``now``, the loudest per coordinator device.
+
+        The engine names its own devices (an address for flows, a device or entity id for
+        events); they are mapped to the coordinator's keys the way ``observe_*`` saw them.
+        Feedback counts here too: ``mark_normal`` on a silent device lowers its later absence
+        scores, so it has to stay quiet longer before it is silent again.
+        """
+        loudest: dict[str, Verdict] = {}
+        for engine_key, raw in self.engine.tick(now):
+            key = self._keys.get(engine_key, engine_key)
+            kind = raw.family or "silent"
+            score = raw.score - self._dampen.get(key, {}).get(kind, 0.0)
+            if not raw.alarm or score < 0:
+                continue
+            self._last_alarm[key] = kind
+            verdict = Verdict(
+                key,
+                round(score, 3),
+                True,
+                kind,
+                raw.explanation.text if raw.explanation is not None else "",
+                raw.severity if raw.severity != "none" else None,
+                is_event=kind == "stuck",
+            )
+            if key not in loudest or verdict.score > loudest[key].score:
+                loudest[key] = verdict
+        return list(loudest.values())
+
+    def forget(self, key: str) -> None:
+        """Drop the engine's and the adapter's state of a device no longer watched."""
+        engine_keys = {e for e, k in self._keys.items() if k == key}
+        # State saved before keys were remembered: the engine's own name for the device.
+        for name in (key, key.removeprefix("net:")):
+            if self._keys.get(name, key) == key:
+                engine_keys.add(name)
+        for engine_key in engine_keys:
+            self._keys.pop(engine_key, None)
+            self.engine.forget(engine_key)
+            self._tail.pop(engine_key, None)
+        for table in (
+            self._behaviours,
+            self._events,
+            self._recent,
+            self._dampen,
+            self._last_alarm,
+            self._taken,
+            self._count,
+        ):
+            table.pop(key, None)
 
     def drain_windows(self) -> list[Window]:
         """Hand the new windows over."""
@@ -389,6 +454,7 @@ class EngineDetector:
         return {
             "engine": self.engine.state_dict(),
             "dampen": {device: dict(kinds) for device, kinds in self._dampen.items()},
+            "keys": dict(self._keys),
             "events": {key: dict(counts) for key, counts in self._events.items()},
             "behaviours": {
                 key: {
@@ -409,6 +475,7 @@ class EngineDetector:
         except ValueError as err:
             LOGGER.warning("Starting detection afresh: %s", err)
         self._dampen = {d: dict(v) for d, v in state.get("dampen", {}).items()}
+        self._keys = {str(e): str(k) for e, k in state.get("keys", {}).items()}
         self._events = {d: Counter(c) for d, c in state.get("events", {}).items()}
         for key, saved in state.get("behaviours", {}).items():
             self._behaviours[key] = Behaviour(
@@ -429,6 +496,8 @@ class DeviceState:
     ``key`` is the Home Assistant device id for registry devices and ``net:<address>`` for
     devices only seen on the network. ``source_entity_id`` is an entity of the registry device
     that our entities link through (helper style: we never claim the device itself).
+    ``dynamic`` marks a registry device watched because flows were attributed to it, not
+    because an option chose it. ``absence`` is the silent / stuck alarm while it lasts.
     """
 
     key: str
@@ -446,12 +515,24 @@ class DeviceState:
     description: Description | None = None
     observations: int = 0
     last_fired: dict[AlertType, datetime] = field(default_factory=dict)
+    absence: AlertType | None = None
+    absence_announced: bool = False
+    dynamic: bool = False
 
     def alarm(self, now: datetime) -> bool:
-        """Whether the device is in alarm now (a snooze keeps it quiet)."""
+        """Whether the device is in alarm now (a snooze keeps it quiet).
+
+        An absence alarm (silent, stuck) lasts until the device's next record; any other
+        alarm is held for a while after the last alarming verdict.
+        """
         if self.snoozed_until is not None and now < self.snoozed_until:
             return False
-        return self.alarm_until is not None and now < self.alarm_until
+        return self.absence is not None or (self.alarm_until is not None and now < self.alarm_until)
+
+    @property
+    def found(self) -> bool:
+        """Whether GIoT found the device itself (no option chose it): it may be forgotten."""
+        return self.device_id is None or self.dynamic
 
 
 @dataclass(slots=True)
@@ -485,10 +566,11 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         detector: Detector | None = None,
     ) -> None:
         """Prepare the coordinator; ``async_start`` loads state and starts the sources."""
+        self.retention = timedelta(
+            days=float(entry.options.get(CONF_RETENTION_DAYS, DEFAULT_RETENTION_DAYS))
+        )
         self.windows = WindowStore(
-            hass,
-            retention_days=float(entry.options.get(CONF_RETENTION_DAYS, DEFAULT_RETENTION_DAYS)),
-            save_delay_s=SAVE_DELAY_S,
+            hass, retention_days=self.retention.days, save_delay_s=SAVE_DELAY_S
         )
         self.detector: Detector = detector or EngineDetector(self.windows.directory)
         self.devices: dict[str, DeviceState] = {}
@@ -497,6 +579,8 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         self.federation_enabled: bool = entry.options.get(CONF_FEDERATION, DEFAULT_FEDERATION)
         self.node = _node_from_entry(entry)
         self.dropped = 0
+        self.refused_devices = 0  # network-only addresses not watched: MAX_NETWORK_DEVICES
+        self._network_devices = 0
         self.last_data: datetime | None = None
         self.source_errors: dict[str, str] = {}
         self.storage_free: int | None = None
@@ -555,6 +639,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             await self.hass.async_add_executor_job(self.detector.load_state, detector_state)
         self.hub.model_version = self.detector.model_version
         self._resolve_devices()
+        await self._async_forget_unwatched()
         descriptions = await self.hass.async_add_executor_job(
             lambda: {key: self.detector.describe(key) for key in self.devices}
         )
@@ -562,16 +647,17 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             self.devices[key].description = description
         await self.attributor.async_start()
         await self.state_collector.async_start()
-        if self.netflow is not None:
-            try:
-                await self.netflow.async_start()
-            except OSError as err:
-                self.source_errors["netflow"] = f"UDP port {self.netflow.port} ({err.strerror})"
+        await self._async_start_netflow()
         if self.zeek is not None:
             await self.zeek.async_start()
         self._unsub.append(
             async_track_time_interval(
                 self.hass, self._async_housekeeping, HOUSEKEEPING_INTERVAL, cancel_on_shutdown=True
+            )
+        )
+        self._unsub.append(
+            async_track_time_interval(
+                self.hass, self._async_absence, ABSENCE_INTERVAL, cancel_on_shutdown=True
             )
         )
         self._unsub.append(
@@ -626,6 +712,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         for key, saved in self._saved_devices.items():
             if key.startswith("net:"):
                 self.devices[key] = self._restored_state(key, saved["name"], saved)
+                self._network_devices += 1
         if last_data := stored.get("last_data"):
             self.last_data = dt_util.parse_datetime(last_data)
 
@@ -634,7 +721,10 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         state = DeviceState(key=key, name=name, address=saved.get("address"))
         if until := saved.get("snoozed_until"):
             state.snoozed_until = dt_util.parse_datetime(until)
+        if last_seen := saved.get("last_seen"):
+            state.last_seen = dt_util.parse_datetime(last_seen)
         state.observations = int(saved.get("observations", 0))
+        state.dynamic = bool(saved.get("dynamic", False))
         return state
 
     async def _async_save(self) -> None:
@@ -658,6 +748,8 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
                     "address": state.address,
                     "snoozed_until": _iso(state.snoozed_until),
                     "observations": state.observations,
+                    "last_seen": _iso(state.last_seen),
+                    "dynamic": state.dynamic,
                 }
                 for key, state in self.devices.items()
             },
@@ -689,7 +781,47 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             wanted.update(d.id for d in dr.async_entries_for_label(dev_reg, label_id))
         for device_id in sorted(wanted):
             if (device := dev_reg.async_get(device_id)) is not None:
-                self._track_registry_device(device, ent_reg)
+                self._track_registry_device(device, ent_reg).dynamic = False  # chosen now
+        # Registry devices flows were attributed to come back while they exist (they are
+        # forgotten like network-only devices once unseen for the retention period).
+        for key, saved in self._saved_devices.items():
+            device = dev_reg.async_get(key) if saved.get("dynamic") else None
+            if device is not None and key not in self.devices:
+                self._track_registry_device(device, ent_reg).dynamic = True
+
+    async def _async_forget_unwatched(self) -> None:
+        """Forget saved devices that are no longer watched (options changed, device deleted)."""
+        stale = sorted(self._saved_devices.keys() - self.devices.keys())
+        for key in stale:
+            self._async_remove_entities(key)
+            self.windows.remove_device(key)
+            self.windows.remove_device(f"{FEEDBACK_PREFIX}{key}")
+        if stale:
+            await self.hass.async_add_executor_job(_forget_all, self.detector, stale)
+
+    @callback
+    def _async_remove_entities(self, key: str) -> None:
+        ent_reg = er.async_get(self.hass)
+        prefix = f"{self.config_entry.entry_id}_{key}_"
+        for entity in er.async_entries_for_config_entry(ent_reg, self.config_entry.entry_id):
+            if entity.unique_id.startswith(prefix):
+                ent_reg.async_remove(entity.entity_id)
+
+    async def _async_forget_device(self, key: str) -> None:
+        """Forget a device GIoT found itself: entities, windows and what the detector learnt."""
+        if (state := self.devices.pop(key, None)) is None:
+            return  # forgotten meanwhile
+        self._network_devices -= state.device_id is None
+        self._saved_devices.pop(key, None)
+        self._described.pop(key, None)
+        self._async_remove_entities(key)
+        self.windows.remove_device(key)
+        self.windows.remove_device(f"{FEEDBACK_PREFIX}{key}")
+        if state.address is not None:
+            self.attributor.async_forget(state.address)  # announced again if it comes back
+        async with self._lock:
+            await self.hass.async_add_executor_job(self.detector.forget, key)
+        LOGGER.debug("Forgot %s: not seen for %s", state.name, self.retention)
 
     def _track_registry_device(
         self, device: dr.AnyDeviceEntry, ent_reg: er.EntityRegistry
@@ -731,6 +863,16 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             if is_lan_ip(address):
                 key = f"net:{address}"
                 if key not in self.devices:
+                    if self._network_devices >= MAX_NETWORK_DEVICES:
+                        self.refused_devices += 1
+                        if self.refused_devices == 1:
+                            LOGGER.warning(
+                                "GIoT watches %s network-only devices already; flows of "
+                                "further unknown addresses are not scored",
+                                MAX_NETWORK_DEVICES,
+                            )
+                        return None
+                    self._network_devices += 1
                     self.devices[key] = DeviceState(key=key, name=address, address=address)
                 return key
         return None
@@ -741,7 +883,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         if device_id not in self.devices:
             if (device := dr.async_get(self.hass).async_get(device_id)) is None:
                 return None
-            self._track_registry_device(device, er.async_get(self.hass))
+            self._track_registry_device(device, er.async_get(self.hass)).dynamic = True
         return device_id
 
     @callback
@@ -773,6 +915,14 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
     def async_add_event(self, event: DeviceEvent) -> None:
         """Collector callback: queue one device event for the next batch."""
         key = event.device_id or f"entity:{event.entity_id}"
+        # The collector follows the registry: a device that joined a watched area or label
+        # since setup is watched from its first event (its entities come with the batch).
+        if (
+            key not in self.devices
+            and event.device_id is not None
+            and (device := dr.async_get(self.hass).async_get(event.device_id)) is not None
+        ):
+            self._track_registry_device(device, er.async_get(self.hass)).dynamic = False
         if key in self.devices:
             self._pending_events.append((key, event))
             self._schedule_flush()
@@ -900,14 +1050,18 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         now = dt_util.utcnow()
         self.last_data = now
         for key, description in result.descriptions.items():
-            self.devices[key].description = description
+            if key in self.devices:  # a device forgotten meanwhile stays forgotten
+                self.devices[key].description = description
         for key, (count, score) in result.devices.items():
-            state = self.devices[key]
+            if (state := self.devices.get(key)) is None:
+                continue
             state.last_seen = now
+            state.absence = None  # a record ends silence; ``tick`` tells if still stuck
             state.observations += count
             state.score = score
         for verdict in result.alarming:
-            state = self.devices[verdict.device]
+            if (state := self.devices.get(verdict.device)) is None:
+                continue
             explanation = verdict.explanation
             if self.hub.away_mode and verdict.user_initiated:
                 # Away mode expects nobody to operate anything by hand.
@@ -976,7 +1130,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         if len(windows):
             self.windows.add(f"{FEEDBACK_PREFIX}{key}", windows, dt_util.utcnow().timestamp())
         state = self.devices[key]
-        state.alarm_until = None
+        state.alarm_until = state.absence = None
         state.last_fired.clear()
         self.async_set_updated_data(self.devices)
         self._async_schedule_save()
@@ -1091,16 +1245,85 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             or any(state.device_id for state in self.devices.values())
         )
 
+    async def _async_start_netflow(self) -> None:
+        """Bind the NetFlow port; a port in use is a repair, retried every housekeeping."""
+        if self.netflow is None or self.netflow.running:
+            return
+        try:
+            await self.netflow.async_start()
+        except OSError as err:
+            self.source_errors["netflow"] = f"UDP port {self.netflow.port} ({err.strerror})"
+        else:
+            self.source_errors.pop("netflow", None)
+
     async def _async_housekeeping(self, now: datetime) -> None:
-        """Expire snoozes, clear held alarms, and raise or clear repair issues."""
+        """Expire snoozes, forget what retention says to, retry a busy port, update repairs.
+
+        Devices GIoT found itself (network-only, or attributed by flows) are forgotten once
+        unseen for the retention period; windows older than it leave the store even when no
+        new window comes.
+        """
         for state in self.devices.values():
             if state.snoozed_until is not None and now >= state.snoozed_until:
                 state.snoozed_until = None
+        for key in [
+            key
+            for key, state in self.devices.items()
+            if state.found and now - (state.last_seen or self._started) >= self.retention
+        ]:
+            await self._async_forget_device(key)
+        self.windows.prune(now.timestamp())
+        await self._async_start_netflow()
         self.storage_free = await self.hass.async_add_executor_job(
             _free_bytes, self.hass.config.path()
         )
         self._async_update_issues(now)
         self.async_set_updated_data(self.devices)
+
+    async def _async_absence(self, _now: datetime) -> None:
+        """Judge absence (engine ``tick``): devices gone silent or stuck in one state.
+
+        A record can only be scored when it comes, so this runs on a clock. The verdicts are
+        applied under the detector lock, so a record scored meanwhile cannot be overtaken.
+        """
+        now = dt_util.utcnow()
+        async with self._lock:
+            verdicts = await self.hass.async_add_executor_job(self.detector.tick, now.timestamp())
+            changed = self._apply_absence(verdicts, now)
+        if changed:
+            self.async_set_updated_data(self.devices)
+
+    @callback
+    def _apply_absence(self, verdicts: Sequence[Verdict], now: datetime) -> bool:
+        """Turn absence alarms on (one alert per episode and hold) and off; True if any moved."""
+        absent = {
+            verdict.device: verdict
+            for verdict in verdicts
+            if verdict.device in self.devices
+            and _alarming(verdict, self.threshold(is_event=verdict.is_event))
+        }
+        changed = False
+        for key, state in self.devices.items():
+            if (verdict := absent.get(key)) is None:
+                changed |= state.absence is not None
+                state.absence = None
+                continue
+            alert = FAMILY_TO_ALERT[verdict.family or "silent"]
+            severity = Severity(verdict.severity) if verdict.severity else Severity.MEDIUM
+            state.score = verdict.score
+            state.alert_type, state.severity = alert, severity
+            state.explanation = verdict.explanation
+            if state.absence is not alert:  # a new episode
+                changed = True
+                state.absence, state.absence_announced = alert, False
+            # One event per episode, once no snooze keeps it quiet (and one per hold).
+            if state.absence_announced or not state.alarm(now):
+                continue
+            state.absence_announced = changed = True
+            if now - state.last_fired.get(alert, now - ALARM_HOLD) >= ALARM_HOLD:
+                state.last_fired[alert] = now
+                self._fire(alert, key, severity, verdict.explanation, verdict.score)
+        return changed
 
     @callback
     def _async_update_issues(self, now: datetime) -> None:
@@ -1181,6 +1404,15 @@ class GIoTRuntimeData:
         return self.coordinator.node
 
 
+@callback
+def async_delete_issues(hass: HomeAssistant) -> None:
+    """Withdraw GIoT's repair issues: nothing is left to fix once the entry is unloaded."""
+    registry = ir.async_get(hass)
+    for domain, issue_id in list(registry.issues):
+        if domain == DOMAIN:
+            ir.async_delete_issue(hass, DOMAIN, issue_id)
+
+
 async def async_remove_stored_data(hass: HomeAssistant, entry: ConfigEntry) -> None:
     """Delete the hub state, the attributor's known addresses, windows and detector state."""
     await Store[dict[str, Any]](hass, STORAGE_VERSION, f"{DOMAIN}.{entry.entry_id}").async_remove()
@@ -1194,6 +1426,11 @@ def _node_from_entry(entry: ConfigEntry) -> NodeAddress | None:
     host = entry.data.get(CONF_NODE_HOST)
     port = entry.data.get(CONF_NODE_PORT)
     return NodeAddress(host, int(port)) if host and port else None
+
+
+def _forget_all(detector: Detector, keys: Iterable[str]) -> None:
+    for key in keys:
+        detector.forget(key)
 
 
 def _free_bytes(path: str) -> int:

@@ -30,6 +30,8 @@ async def async_get_config_entry_diagnostics(
                 "score": state.score,
                 "alarm": state.alarm(now),
                 "alert_type": state.alert_type,
+                "absence": state.absence,
+                "found_by_giot": state.found,
                 "severity": state.severity,
                 "explanation": state.explanation,
                 "snoozed": state.snoozed_until is not None,
@@ -62,6 +64,7 @@ async def async_get_config_entry_diagnostics(
             "failing_sources": sorted(coordinator.source_errors),  # details hold paths
             "store": coordinator.windows.stats.as_dict(),
             "dropped": coordinator.dropped,
+            "refused_network_devices": coordinator.refused_devices,
         },
         TO_REDACT,
     )

@@ -97,6 +97,9 @@ def async_add_device_entities(
 
     @callback
     def _add_new() -> None:
+        # A forgotten device's entities were removed from the registry; if it comes back it
+        # gets new ones.
+        known.intersection_update(coordinator.devices)
         new = [state for key, state in coordinator.devices.items() if key not in known]
         known.update(state.key for state in new)
         if new:

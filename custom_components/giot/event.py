@@ -21,6 +21,8 @@ DEVICE_ALERTS = EventEntityDescription(
         AlertType.C2_BEACON,
         AlertType.FLOOD,
         AlertType.UNUSUAL_ACTIVITY,
+        AlertType.DEVICE_SILENT,
+        AlertType.STUCK_STATE,
     ],
 )
 NETWORK_EVENTS = EventEntityDescription(
@@ -70,7 +72,7 @@ class _AlertMixin(EventEntity):
 
 
 class GIoTDeviceAlertEvent(GIoTDeviceEntity, _AlertMixin):
-    """Fires port_scan, c2_beacon, flood or unusual_activity with severity, explanation, score."""
+    """Fires an alert type (port_scan ... stuck_state) with severity, explanation and score."""
 
     @property
     @override

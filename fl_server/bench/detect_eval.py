@@ -13,6 +13,7 @@ hand-written notes of docs/results/detection-notes.md (which re-runs leave alone
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -247,6 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=DetectorConfig().warmup)
     ap.add_argument("--signature-in-warmup", action="store_true")
     ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a DetectorConfig field (e.g. k_on=2); repeatable",
+    )
+    ap.add_argument(
         "--carry-tokens",
         type=int,
         default=DetectorConfig().carry_tokens,
@@ -275,6 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fresh_only=not args.late_switches_on,
         carry_tokens=args.carry_tokens,
     )
+    for item in args.set:
+        name, _, value = item.partition("=")
+        kind = type(getattr(det_cfg, name))
+        parsed = value.lower() in {"1", "true", "yes"} if kind is bool else kind(value)
+        det_cfg = dataclasses.replace(det_cfg, **{name: parsed})
     results = evaluate(paths, args.methods.split(","), args.model, args.steps, det_cfg)
     cmd = "scripts/bench detect-eval " + " ".join(argv if argv is not None else sys.argv[1:])
     setup = (

@@ -194,3 +194,14 @@ def test_new_weights_restart_every_window() -> None:
     det.model = b
     assert det.contexts.cached_devices == 0
     assert det.model is b
+
+
+def test_forget_drops_the_state_and_the_cached_window() -> None:
+    det = Detector(_model())
+    det.process_many(_mixed_stream(2, 5))
+    device = "192.168.1.60"
+    assert device in det.devices
+    det.forget(device)
+    assert device not in det.devices
+    assert det.contexts.cached_devices == 2
+    det.forget("never seen")  # no error

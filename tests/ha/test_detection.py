@@ -113,6 +113,9 @@ async def test_alarm_clears_after_hold(
     await hass.async_block_till_done()
     assert hass.states.get(ANOMALY).state == STATE_ON
     freezer.tick(ALARM_HOLD + timedelta(minutes=1))
+    # The camera kept up its routine meanwhile (else it would now be silent: see test_absence).
+    coordinator.async_add_flows(normal_flows(time.time() - 300, 10))
+    await hass.async_block_till_done()
     async_fire_time_changed(hass)
     await hass.async_block_till_done(wait_background_tasks=True)
     assert hass.states.get(ANOMALY).state == STATE_OFF
@@ -267,6 +270,27 @@ async def test_areas_and_labels_choose_devices(
     dev_reg.async_update_device(camera.id, area_id=area.id, labels={label.label_id})
     entry = await camera_entry_options(devices=[], areas=[area.id], labels=[label.label_id])
     assert set(entry.runtime_data.coordinator.devices) == {camera.id}
+
+
+async def test_device_joining_a_watched_area_is_watched(
+    hass: HomeAssistant,
+    camera: dr.DeviceEntry,
+    camera_entry_options: Callable[..., Coroutine[Any, Any, MockConfigEntry]],
+) -> None:
+    """No reload needed: the camera moved into a watched area gets entities with its events."""
+    area = ar.async_get(hass).async_create("Hall")
+    entry = await camera_entry_options(devices=[], areas=[area.id])
+    assert entry.runtime_data.coordinator.devices == {}
+    assert not [e for e in hass.states.async_entity_ids() if e.endswith("_behaviour")]
+
+    dr.async_get(hass).async_update_device(camera.id, area_id=area.id)
+    await hass.async_block_till_done()
+    hass.states.async_set(CAMERA_ENTITY, "on")
+    await hass.async_block_till_done()
+    assert set(entry.runtime_data.coordinator.devices) == {camera.id}
+    # Named after the area now that the device has one.
+    assert hass.states.get("sensor.hall_camera_behaviour").attributes["observations"] == 1
+    assert hass.states.get("binary_sensor.hall_camera_anomaly").state == STATE_OFF
 
 
 async def test_federation_status_follows_options_and_switch(

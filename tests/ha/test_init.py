@@ -121,6 +121,22 @@ async def test_unreadable_zeek_log_raises_repair(hass: HomeAssistant, tmp_path: 
     assert ir.async_get(hass).async_get_issue(DOMAIN, "flow_source_unreadable_zeek") is None
 
 
+async def test_repairs_go_with_the_entry(hass: HomeAssistant, tmp_path: Path) -> None:
+    """Unloaded, GIoT leaves no issue behind; set up again, what still applies comes back."""
+    entry = MockConfigEntry(domain=DOMAIN, options={CONF_ZEEK_PATH: str(tmp_path / "conn.log")})
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    issues = ir.async_get(hass)
+    assert issues.async_get_issue(DOMAIN, "flow_source_unreadable_zeek") is not None
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert [key for key in issues.issues if key[0] == DOMAIN] == []
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert issues.async_get_issue(DOMAIN, "flow_source_unreadable_zeek") is not None
+
+
 async def test_busy_netflow_port_raises_repair(hass: HomeAssistant) -> None:
     """A NetFlow port that cannot be bound is an issue, not a failed setup."""
     entry = MockConfigEntry(domain=DOMAIN, options={CONF_NETFLOW_PORT: 2055})

@@ -1,12 +1,15 @@
 """The integration's metadata is what Home Assistant, hassfest and HACS accept."""
 
 import json
+import re
 from pathlib import Path
 
 import homeassistant
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from custom_components.giot.event import DEVICE_ALERTS, NETWORK_EVENTS
 
 ROOT = Path(__file__).parents[2]
 INTEGRATION = ROOT / "custom_components" / "giot"
@@ -97,3 +100,31 @@ def test_translations_match_strings() -> None:
 def test_brand_icon_is_png() -> None:
     """HACS's brand check and HA 2026.3+ read custom_components/giot/brand/icon.png."""
     assert (INTEGRATION / "brand" / "icon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_translation_key_in_the_code_is_translated() -> None:
+    """Entities, exceptions and repair issues name keys strings.json has (else users see keys)."""
+    strings = json.loads((INTEGRATION / "strings.json").read_text())
+    known = set(strings["exceptions"]) | set(strings["issues"])
+    known |= {key for platform in strings["entity"].values() for key in platform}
+    used = {
+        match
+        for path in INTEGRATION.glob("*.py")
+        for match in re.findall(r'translation_key="(\w+)"', path.read_text())
+    }
+    assert used
+    assert used - known == set()
+
+
+def test_every_alert_type_is_translated_and_has_an_icon() -> None:
+    """The alert event's types (absence included) have names and icons, per-device and hub."""
+    strings = json.loads((INTEGRATION / "strings.json").read_text())["entity"]["event"]
+    icons = json.loads((INTEGRATION / "icons.json").read_text())["entity"]["event"]
+    for key, description in (("alert", DEVICE_ALERTS), ("alert_of", DEVICE_ALERTS)):
+        types = set(description.event_types or [])
+        assert {"device_silent", "stuck_state"} <= types
+        names = strings[key]["state_attributes"]["event_type"]["state"]
+        assert set(names) == types
+        assert set(icons[key]["state_attributes"]["event_type"]["state"]) == types
+    network = strings["network"]["state_attributes"]["event_type"]["state"]
+    assert set(network) == set(NETWORK_EVENTS.event_types or [])

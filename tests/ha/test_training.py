@@ -4,6 +4,7 @@ import errno
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from unittest.mock import patch
 
 import numpy as np
@@ -104,6 +105,39 @@ async def test_model_survives_restart(
     assert hass.states.get(MODEL).state == "giot-1"
 
 
+async def test_mark_normal_lowers_the_pattern_and_survives_restart(
+    hass: HomeAssistant, init_integration: MockConfigEntry
+) -> None:
+    """The action lowers later scores of the alarm's kind by 8 nats; a restart keeps that."""
+    coordinator: GIoTCoordinator = init_integration.runtime_data.coordinator
+    end = await _feed(hass, coordinator, 60)
+    coordinator.async_add_flows(scan_flows(end + 10))
+    await hass.async_block_till_done()
+    device = next(iter(coordinator.devices))
+    before = _detector(coordinator).state()
+    await hass.services.async_call(
+        DOMAIN, "mark_normal", {"entity_id": CAMERA_ENTITY}, blocking=True
+    )
+    after = _detector(coordinator).state()
+    assert after["dampen"] == {device: {"port_scan": EngineDetector.FEEDBACK_NATS}}
+
+    def _replay(state: dict[str, Any]) -> list[float]:
+        detector = EngineDetector()  # same untrained model as the hub's
+        detector.load_state(state)
+        flows = [(device, flow) for flow in scan_flows(end + 400)]
+        return [verdict.score for verdict in detector.observe_flows(flows)]
+
+    plain, taught = _replay(before), _replay(after)
+    diffs = [p - t for p, t in zip(plain, taught, strict=True)]
+    assert sum(1 for d in diffs if d) >= 15  # the flows named a port scan
+    assert np.allclose([d for d in diffs if d], EngineDetector.FEEDBACK_NATS, atol=1e-3)
+
+    assert await hass.config_entries.async_reload(init_integration.entry_id)
+    await hass.async_block_till_done()
+    restored = _detector(init_integration.runtime_data.coordinator).state()
+    assert restored["dampen"] == after["dampen"]
+
+
 async def test_mark_normal_is_learnt_by_training(
     hass: HomeAssistant, coordinator: GIoTCoordinator
 ) -> None:
@@ -156,6 +190,10 @@ async def test_failed_write_keeps_previous_model(
     ):
         await hass.services.async_call(DOMAIN, "train_now", {}, blocking=True)
     assert err.value.translation_key == "model_not_saved"
+    assert str(err.value) == (
+        "The trained model could not be saved ([Errno 28] No space left on device); "
+        "the previous model is kept"
+    )
 
     for name, value in params.items():
         assert np.array_equal(detector.models.model.params[name], value)

@@ -324,6 +324,11 @@ class Detector:
         }
         self.contexts.clear()
 
+    def forget(self, device: str) -> None:
+        """Drop everything the detector keeps about a device (e.g. one no longer on the network)."""
+        self.devices.pop(device, None)
+        self.contexts.forget(device)
+
     # -- scoring -----------------------------------------------------------------------------
     def process(self, flow: FlowRecord) -> Verdict:
         """Score one flow, decide, then learn from it (in that order: strictly causal)."""
