@@ -12,9 +12,11 @@ T0 = 1_700_000_000.0 - 1_700_000_000.0 % 86400  # midnight UTC
 
 
 def detector(**kw: float) -> Detector:
+    """A detector that judges absence from the first hour on (the default waits for a day)."""
     vocab = Vocabulary.default()
     model = BigramModel(np.zeros((len(vocab), len(vocab))))
-    return Detector(model, config=DetectorConfig(**kw), vocab=vocab)  # type: ignore[arg-type]
+    cfg = DetectorConfig(**{"absence_min_span_s": 0.0, **kw})  # type: ignore[arg-type]
+    return Detector(model, config=cfg, vocab=vocab)
 
 
 def ev(ts: float, new: str, old: str | None, entity: str = "binary_sensor.door") -> DeviceEvent:
@@ -42,6 +44,21 @@ def test_silence_against_own_longest_gap() -> None:
     det.process_event(ev(last + 90.0, "on", "off"))  # the device is back: alarm clears
     assert det.devices["binary_sensor.door"].absent is None
     assert det.tick(last + 91.0) == []
+
+
+def test_absence_waits_for_a_day_of_history() -> None:
+    """A sensor busy all evening and quiet all night is not silent on its first night."""
+    det = detector(silence_min_s=60.0, absence_min_span_s=86_400.0)
+    stream = routine(60)  # one hour of history
+    for e in stream:
+        det.process_event(e)
+    last = stream[-1].ts
+    assert det.tick(last + 3600.0) == []
+    later = [ev(T0 + 86_400.0 + 60.0 * i, "on" if i % 2 == 0 else "off", None) for i in range(4)]
+    for e in later:  # a day after the first record: now its rhythm counts
+        det.process_event(e)
+    out = det.tick(later[-1].ts + 1.5 * 86_400.0 - 3 * 60.0 + 1.0)
+    assert [v.family for _, v in out] == ["silent"]
 
 
 def test_silence_needs_enough_gaps() -> None:

@@ -24,10 +24,15 @@ async def _advance(hass: HomeAssistant, freezer: FrozenDateTimeFactory, delta: t
     await hass.async_block_till_done(wait_background_tasks=True)
 
 
+DAY_OF_UPLOADS = 24 * 120 + 1  # one every 30 s: absence is judged after a day of history
+
+
 async def _routine_until_now(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:
-    """Sixty uploads 30 s apart, the last one now: enough gaps for silence to be judged."""
-    coordinator.async_add_flows(normal_flows(time.time() - 59 * 30.0, 60))
-    await hass.async_block_till_done()
+    """A day of uploads 30 s apart, the last one now: silence can be judged from here on."""
+    coordinator.async_add_flows(
+        normal_flows(time.time() - (DAY_OF_UPLOADS - 1) * 30.0, DAY_OF_UPLOADS)
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)
 
 
 async def test_silent_device_alarms_once_and_clears_with_its_next_record(
@@ -63,7 +68,7 @@ async def test_silent_device_alarms_once_and_clears_with_its_next_record(
 async def test_young_device_is_never_silent(
     hass: HomeAssistant, coordinator: GIoTCoordinator, freezer: FrozenDateTimeFactory
 ) -> None:
-    """Ten records say nothing about a device's rhythm: hours of quiet raise no alarm."""
+    """Ten records (or hours of them) say nothing about a device's rhythm: no alarm."""
     coordinator.async_add_flows(normal_flows(time.time() - 9 * 30.0, 10))
     await hass.async_block_till_done()
     await _advance(hass, freezer, timedelta(hours=3))
@@ -76,6 +81,10 @@ async def test_stuck_state_alarms_until_the_state_changes(
     hass: HomeAssistant, coordinator: GIoTCoordinator, freezer: FrozenDateTimeFactory
 ) -> None:
     """A motion sensor that toggles every minute and then stays on for long is stuck."""
+    for state in ("on", "off"):  # a day earlier: absence needs a day of history
+        hass.states.async_set(CAMERA_ENTITY, state)
+        await hass.async_block_till_done()
+    await _advance(hass, freezer, timedelta(hours=24))
     for i in range(24):
         hass.states.async_set(CAMERA_ENTITY, "on" if i % 2 == 0 else "off")
         await hass.async_block_till_done()

@@ -107,6 +107,7 @@ class DetectorConfig:
     stuck_factor: float = 3.0  # stuck when in one state this many times its longest stay so far
     stuck_min_s: float = 300.0
     stuck_min_stays: int = 10  # completed stays in that state before it can be stuck
+    absence_min_span_s: float = 86_400.0  # history a device needs before silent/stuck is judged
     # habits of device events: an hour of the day (+-1 h) the device has never been active in,
     # once it has this many events, and bursts far above its busiest minute so far
     habit_min_events: int = 30
@@ -163,6 +164,7 @@ class DeviceState:
     # absence statistics (see ``Detector.tick``): gaps between the device's records and how long
     # it stayed in each state; plain numbers so they persist with the rest
     last_ts: float | None = None
+    first_ts: float | None = None  # earliest record: absence is judged after a day of history
     gaps: int = 0
     max_gap: float = 0.0
     state: str | None = None  # current state class (events only)
@@ -188,6 +190,7 @@ class DeviceState:
             "on": self.on,
             "last_hot": None if self.last_hot == float("-inf") else self.last_hot,
             "last_ts": self.last_ts,
+            "first_ts": self.first_ts,
             "gaps": self.gaps,
             "max_gap": self.max_gap,
             "state": self.state,
@@ -219,6 +222,7 @@ class DeviceState:
             on=bool(g("on", False)),
             last_hot=float("-inf") if last_hot is None else float(str(last_hot)),
             last_ts=None if last_ts is None else float(str(last_ts)),
+            first_ts=None if g("first_ts") is None else float(str(g("first_ts"))),
             gaps=int(str(g("gaps", 0))),
             max_gap=float(str(g("max_gap", 0.0))),
             state=None if state is None else str(state),
@@ -478,6 +482,9 @@ class Detector:
         for device, st in self.devices.items():
             if st.last_ts is None or now <= st.last_ts:
                 continue
+            # a device's longest gap or stay means little before it has lived through a night
+            if st.first_ts is None or st.last_ts - st.first_ts < cfg.absence_min_span_s:
+                continue
             kind, quiet, limit, usual = None, 0.0, math.inf, 0.0
             count, longest = st.stays.get(st.state or "", [0.0, 0.0])
             if st.state_since is not None and count >= cfg.stuck_min_stays:
@@ -687,6 +694,7 @@ def _seen_at(st: DeviceState, ts: float) -> None:
         st.gaps += 1
         st.max_gap = max(st.max_gap, ts - st.last_ts)
     st.last_ts = ts if st.last_ts is None else max(st.last_ts, ts)
+    st.first_ts = ts if st.first_ts is None else min(st.first_ts, ts)
 
 
 def _change_state(st: DeviceState, event: DeviceEvent) -> None:
