@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import numpy as np
 
 from .const import LOGGER
 from .engine.detector import BigramModel
-from .engine.model import GIoTConfig, GIoTModel
+from .engine.model import GIoTConfig, GIoTModel, KVCache
 from .engine.tokenizer import Vocabulary
 from .engine.train import AdamW, train_windows
 
@@ -102,10 +103,45 @@ class BlendScorer:
         if not self.use_model:
             return bigram
         model = np.asarray(self.model.token_nll(np.asarray(ids, np.int64)), np.float64)
-        mixed: np.ndarray = -np.logaddexp(
-            math.log(1.0 - BIGRAM_WEIGHT) - model, math.log(BIGRAM_WEIGHT) - bigram
-        )
-        return mixed
+        return _mix(model, bigram)
+
+    # The engine's KV-cached path (``ContextScorer``): present only while the model scores, so
+    # the bigram alone falls back to whole windows (it needs just the previous token anyway).
+    @property
+    def new_cache(self) -> Callable[..., KVCache]:
+        """The model's cache factory (model scoring only)."""
+        if not self.use_model:
+            raise AttributeError("new_cache")
+        return self.model.new_cache
+
+    @property
+    def score_groups(self) -> Callable[[KVCache, Sequence[Group]], list[np.ndarray]]:
+        """The model's cached scoring mixed with the bigram (model scoring only)."""
+        if not self.use_model:
+            raise AttributeError("score_groups")
+        return self._score_groups
+
+    def _score_groups(self, cache: KVCache, groups: Sequence[Group]) -> list[np.ndarray]:
+        before = [cache.last_token[np.asarray(rows, np.intp)] for rows, _, _, _ in groups]
+        model = self.model.score_groups(cache, groups)
+        out = []
+        for (_, _, ids, _), prev, nll in zip(groups, before, model, strict=True):
+            pairs = np.concatenate([prev[:, None], np.asarray(ids, np.int64)], axis=1)  # empty
+            bigram = np.asarray(self.bigram.token_nll(pairs), np.float64)  # contexts: NaN stays
+            with np.errstate(invalid="ignore"):  # NaN where a context was empty, and padding
+                out.append(_mix(np.asarray(nll, np.float64), bigram))
+        return out
+
+
+Group = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]  # rows, past, ids, lengths
+
+
+def _mix(model: np.ndarray, bigram: np.ndarray) -> np.ndarray:
+    """-log((1 - w) p_model + w p_bigram) from the two NLLs."""
+    mixed: np.ndarray = -np.logaddexp(
+        math.log(1.0 - BIGRAM_WEIGHT) - model, math.log(BIGRAM_WEIGHT) - bigram
+    )
+    return mixed
 
 
 class ModelManager:

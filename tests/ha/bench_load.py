@@ -252,6 +252,9 @@ async def _phase(
     traced = None
     if trace:
         traced = tracemalloc.get_traced_memory()[1] / 2**20
+        if os.environ.get("GIOT_BENCH_TOP"):  # where the memory is, for whoever tunes this
+            for stat in tracemalloc.take_snapshot().statistics("lineno")[:15]:
+                print(stat)
         tracemalloc.stop()
     rss_after = _rss_mb()
     flows_sent = (coordinator.netflow.stats.flows if coordinator.netflow else 0) - flows_before

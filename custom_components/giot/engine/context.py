@@ -246,6 +246,7 @@ class ContextScorer:
             ):
                 new[:have] = old
             pool.last[:have] = self._pool.last
+            pool.last_token[:have] = self._pool.last_token
             pool.scratch = self._pool.scratch
         self._pool = pool
 

@@ -335,6 +335,8 @@ class KVCache:
     keys: list[FloatArray]  # per layer (B, n_head, head_dim, capacity)
     values: list[FloatArray]  # per layer (B, capacity, n_head, head_dim)
     last: FloatArray  # (B, n_embd): final hidden state (after ln_f) of position length-1, * log2 e
+    # (B,) the last token id appended to each row: lets a host mix in an n-gram model
+    last_token: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     length: int = 0
     scratch: dict[str, FloatArray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -349,6 +351,7 @@ class KVCache:
             [k.copy() for k in self.keys],
             [v.copy() for v in self.values],
             self.last.copy(),
+            self.last_token.copy(),
             self.length,
         )
 
@@ -557,6 +560,7 @@ class GIoTModel:
             keys=[np.zeros((batch, nh, hd, cap), np.float32) for _ in range(cfg.n_layer)],
             values=[np.zeros((batch, cap, nh, hd), np.float32) for _ in range(cfg.n_layer)],
             last=np.zeros((batch, cfg.n_embd), np.float32),
+            last_token=np.zeros(batch, np.int64),
         )
 
     def _fused(self) -> _Fused:
@@ -662,6 +666,7 @@ class GIoTModel:
         np.multiply(xhat[:, : t - 1], w_f * log2e, out=rows[:, 1 - first :])
         rows[:, 1 - first :] += b_f * log2e
         cache.last[lo:hi] = xhat[:, -1] * (w_f * log2e) + b_f * log2e
+        cache.last_token[lo:hi] = ids[:, -1]
         nll = np.full((b, t), np.nan, np.float32)
         if t > first:
             targets = ids[:, first:].reshape(-1)
@@ -799,6 +804,7 @@ class GIoTModel:
         np.multiply(xhat[:, : t - 1], w_f * log2e, out=pred[:, 1:])
         pred[:, 1:] += b_f * log2e
         cache.last[rows] = xhat[np.arange(b), lengths - 1] * (w_f * log2e) + b_f * log2e
+        cache.last_token[rows] = ids[np.arange(b), lengths - 1]
         logits = np.matmul(
             pred.reshape(n, c),
             p["transformer.wte.weight"].T,
