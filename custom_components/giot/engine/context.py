@@ -22,7 +22,7 @@ cache; the next record of each device starts a window from the history it brings
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -88,6 +88,7 @@ class ContextScorer:
         self._windows: OrderedDict[str, _Window] = OrderedDict()  # least recently used first
         self._pool: Any = None  # KVCache of the current model, rows = slots
         self._free: list[int] = []
+        self._between: Callable[[], object] = _nothing
         self.model = model
 
     @property
@@ -116,12 +117,16 @@ class ContextScorer:
         """Devices that hold a KV-cached window now."""
         return len(self._windows)
 
-    def score(self, requests: Sequence[Request]) -> list[np.ndarray]:
+    def score(
+        self, requests: Sequence[Request], between: Callable[[], object] | None = None
+    ) -> list[np.ndarray]:
         """NLL (float64, one per token) of each request's ids, in request order.
 
         Requests of one device must come in stream order; each sees the ones before it. The
-        history of a device is read only when the scorer holds no window for it.
+        history of a device is read only when the scorer holds no window for it. ``between`` is
+        called now and then (see ``Detector.process_many``).
         """
+        self._between = between or _nothing
         if not hasattr(self._model, "score_groups") or not hasattr(self._model, "new_cache"):
             return self._score_windows(requests)
         # at most max_devices windows per model call; a device's window evicted between calls
@@ -150,6 +155,7 @@ class ContextScorer:
         streams: dict[str, list[int]] = {}
         groups: dict[int, list[tuple[int, list[int]]]] = {}
         for i, (device, history, ids) in enumerate(requests):
+            self._between()
             stream = streams.get(device)
             if stream is None:
                 stream = streams[device] = _last(history, self.keep)
@@ -175,6 +181,7 @@ class ContextScorer:
         out: list[np.ndarray] = [np.empty(0)] * len(requests)
         for k in range(max(len(s) for s in plans.values())):
             self._run([segments[k] for segments in plans.values() if k < len(segments)], out)
+            self._between()
         return out
 
     def _plan(self, requests: Sequence[Request]) -> dict[str, list[_Segment]]:
@@ -182,6 +189,7 @@ class ContextScorer:
         capacity = min(self.context_tokens, int(self._model.config.n_positions))  # type: ignore[attr-defined]
         plans: dict[str, list[_Segment]] = {}
         for i, (device, history, ids) in enumerate(requests):
+            self._between()
             segments = plans.get(device)
             if segments is None:
                 segments = plans[device] = []
@@ -254,3 +262,7 @@ class ContextScorer:
 def _last(tokens: Sequence[int], n: int) -> list[int]:
     """Return the last ``n`` tokens (none for n <= 0)."""
     return list(tokens)[max(0, len(tokens) - n) :] if n > 0 else []
+
+
+def _nothing() -> None:
+    """Default ``between``: no host to yield to."""

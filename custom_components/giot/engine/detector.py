@@ -367,7 +367,7 @@ class Detector:
             probs = self.signature.predict(np.stack([p.feats for p in flows]))  # type: ignore[misc]
             for p, row in zip(flows, probs, strict=True):
                 p.probs = row
-        nlls = self.contexts.score([(p.device, p.st.ids, p.ids) for p in pending])
+        nlls = self.contexts.score([(p.device, p.st.ids, p.ids) for p in pending], between)
         verdicts = []
         for p, nll in zip(pending, nlls, strict=True):
             verdicts.append(self._conclude(p, nll))
