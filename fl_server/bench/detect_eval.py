@@ -94,12 +94,11 @@ def _labels(rows: Sequence[FlowRow]) -> np.ndarray:
 def run_giot(
     train: Sequence[Path],
     test_rows: Sequence[FlowRow],
-    model: str,
-    steps: int,
+    tcfg: TrainConfig,
     det_cfg: DetectorConfig | None = None,
 ) -> Scores:
     """GIoT exactly as ``detect-score`` runs it."""
-    det = train_detector(train, TrainConfig(model=model, steps=steps), det_cfg)
+    det = train_detector(train, tcfg, det_cfg)
     res = score_rows(det, test_rows)
     score = np.asarray([np.nan if s is None else s for _, s, _ in res], dtype=np.float64)
     return score, np.asarray([a for _, _, a in res], dtype=bool)
@@ -153,8 +152,7 @@ def _baseline(kind: str) -> Callable[[Sequence[Path], Sequence[FlowRow]], Scores
 def evaluate(
     paths: Sequence[Path],
     methods: Sequence[str],
-    model: str,
-    steps: int,
+    tcfg: TrainConfig,
     det_cfg: DetectorConfig | None = None,
 ) -> dict[str, dict[str, CaptureMetrics]]:
     """Leave-one-capture-out over ``paths`` for every method."""
@@ -169,7 +167,7 @@ def evaluate(
         for m in methods:
             t0 = time.perf_counter()
             if m == "giot":
-                score, alarm = run_giot(train, rows, model, steps, det_cfg)
+                score, alarm = run_giot(train, rows, tcfg, det_cfg)
             else:
                 score, alarm = _baseline(m)(train, rows)
             results[m][held.name] = capture_metrics(ts, y, score, alarm, mask)
@@ -245,6 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--methods", default="giot,iforest,kitsune,rf")
     ap.add_argument("--model", choices=("giot", "bigram"), default="giot")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a TrainConfig field (e.g. n_embd=64); repeatable",
+    )
     ap.add_argument("--warmup", type=int, default=DetectorConfig().warmup)
     ap.add_argument("--signature-in-warmup", action="store_true")
     ap.add_argument(
@@ -288,10 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = type(getattr(det_cfg, name))
         parsed = value.lower() in {"1", "true", "yes"} if kind is bool else kind(value)
         det_cfg = dataclasses.replace(det_cfg, **{name: parsed})
-    results = evaluate(paths, args.methods.split(","), args.model, args.steps, det_cfg)
+    tcfg = TrainConfig(model=args.model, steps=args.steps)
+    for item in args.train_set:
+        name, _, value = item.partition("=")
+        tcfg = dataclasses.replace(tcfg, **{name: type(getattr(tcfg, name))(value)})
+    results = evaluate(paths, args.methods.split(","), tcfg, det_cfg)
     cmd = "scripts/bench detect-eval " + " ".join(argv if argv is not None else sys.argv[1:])
     setup = (
-        f"GIoT: model `{args.model}` ({TrainConfig(model=args.model, steps=args.steps)}) trained "
+        f"GIoT: model `{args.model}` ({tcfg}) trained "
         "on the benign-labelled flows of the training captures; signature head on all their "
         f"flows (families from detailed labels); detector `{det_cfg}`. Captures: "
         + ", ".join(p.name for p in paths)

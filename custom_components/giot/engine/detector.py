@@ -254,7 +254,7 @@ class _Pending:
     peer: str = ""
     feats: np.ndarray | None = None
     probs: np.ndarray | None = None
-    mark: int = 0  # the device window's add count before this flow (for its words)
+    like: int = 0  # flows of the last minute to the same port, this one included (its words)
     event: DeviceEvent | None = None
     recent: int = 0  # the device's events of the last minute before this one
 
@@ -386,7 +386,7 @@ class Detector:
             device, st, flow.ts, max(st.window.now, flow.ts), toks, self.vocab.encode(toks)
         )
         p.flow, p.peer, p.feats = flow, peer, st.window.features(flow, peer)
-        p.mark = st.window.added
+        p.like = st.window.count_like(flow)  # for its words, should it alarm
         st.window.add(flow, peer)
         st.prev_ts = flow.ts if st.prev_ts is None else max(st.prev_ts, flow.ts)
         _seen_at(st, flow.ts)
@@ -413,8 +413,7 @@ class Detector:
             assert p.probs is not None
             verdict = self._decide(p, nll, p.probs)
             if verdict.alarm and verdict.explanation is not None:
-                like = st.window.count_like(p.flow, before=p.mark, now=p.now)
-                verdict.explanation.text = _flow_words(p.flow, p.peer, like, verdict)
+                verdict.explanation.text = _flow_words(p.flow, p.peer, p.like, verdict)
             return verdict
         event = p.event
         assert event is not None
@@ -509,8 +508,7 @@ class Detector:
         return out
 
     def _recent(self, st: DeviceState, ts: float) -> int:
-        now = max(st.window.now, ts)
-        return sum(1 for s in st.window.flows if s.ts >= now - 60.0)
+        return st.window.recent(ts)
 
     def _attended(self, st: DeviceState, ids: list[int], top: int) -> list[tuple[int, float]]:
         """Context positions the model attended to for the record's ``top`` token (top 5)."""

@@ -15,6 +15,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -69,21 +70,97 @@ class _Seen:
 
 
 class BehaviourWindow:
-    """A device's flows of the last minute (bounded), summarised into signature features."""
+    """A device's flows of the last minute (bounded), summarised into signature features.
+
+    Every record asks for counts over the device's last minute; a busy device has hundreds of
+    flows in it, so the window keeps running counts of what it holds and drops flows from the
+    front once they are older than a minute (time never goes back: ``now`` only grows). Zeek
+    logs long connections late, so a stale flow can sit behind fresh ones; while one does (the
+    oldest held time is before the minute), the counts are taken by a scan instead.
+    """
 
     def __init__(self) -> None:
-        self.flows: deque[_Seen] = deque(maxlen=MAX_WINDOW_FLOWS)
+        self.flows: deque[_Seen] = deque()
         self.dst_times: dict[str, deque[float]] = {}
         self.now = float("-inf")
-        self.added = 0  # flows added so far (not persisted): marks a point in the stream
+        self.added = 0  # flows added so far (numbers them in ``_oldest``)
+        # running counts over ``flows`` and the minimum of their times (a monotonic queue)
+        self._oldest: deque[tuple[float, int]] = deque()  # (ts, sequence number), ts increasing
+        self._flags = [0, 0, 0, 0]  # failed, oth, remote, without payload
+        self._dst: dict[str, int] = {}
+        self._port: dict[int, int] = {}
+        self._port_dst: dict[int, dict[str, int]] = {}
+
+    # -- the window ------------------------------------------------------------------------
+    def _push(self, seen: _Seen) -> None:
+        if len(self.flows) == MAX_WINDOW_FLOWS:
+            self._pop()
+        self.flows.append(seen)
+        seq = self.added
+        self.added += 1
+        while self._oldest and self._oldest[-1][0] > seen.ts:
+            self._oldest.pop()
+        self._oldest.append((seen.ts, seq))
+        self._count(seen, 1)
+
+    def _pop(self) -> None:
+        seq = self.added - len(self.flows)
+        seen = self.flows.popleft()
+        if self._oldest and self._oldest[0][1] == seq:
+            self._oldest.popleft()
+        self._count(seen, -1)
+
+    def _count(self, s: _Seen, k: int) -> None:
+        flags = self._flags
+        flags[0] += k * s.failed
+        flags[1] += k * s.oth
+        flags[2] += k * s.remote
+        flags[3] += k * (not s.payload)
+        _bump(self._dst, s.dst, k)
+        _bump(self._port, s.port, k)
+        per_port = self._port_dst.setdefault(s.port, {})
+        _bump(per_port, s.dst, k)
+        if not per_port:
+            del self._port_dst[s.port]
+
+    def _settle(self, now: float) -> bool:
+        """Drop flows older than the minute before ``now`` from the front; True if none is left."""
+        cutoff = now - WINDOW_S
+        while self.flows and self.flows[0].ts < cutoff:
+            self._pop()
+        return not self._oldest or self._oldest[0][0] >= cutoff
+
+    def recent(self, ts: float) -> int:
+        """Flows of the last minute before a record at ``ts``."""
+        now = max(self.now, ts)
+        if self._settle(now):
+            return len(self.flows)
+        return sum(1 for s in self.flows if s.ts >= now - WINDOW_S)
 
     def features(self, flow: FlowRecord, peer: str) -> np.ndarray:
         """Features of ``flow`` given the window so far (the flow itself included)."""
         cur = _summarise(flow, peer)
         now = max(self.now, flow.ts)
-        recent = [s for s in self.flows if s.ts >= now - WINDOW_S]
-        recent.append(cur)
-        n = len(recent)
+        if not self._settle(now):
+            recent = [s for s in self.flows if s.ts >= now - WINDOW_S]
+            return self._features(cur, flow, peer, *_tally(recent))
+        return self._features(
+            cur, flow, peer, len(self.flows), self._flags, self._dst, self._port, self._port_dst
+        )
+
+    def _features(  # noqa: PLR0917 (the counts of one window)
+        self,
+        cur: _Seen,
+        flow: FlowRecord,
+        peer: str,
+        held: int,
+        flags: list[int],
+        dst: dict[str, int],
+        port: dict[int, int],
+        port_dst: dict[int, dict[str, int]],
+    ) -> np.ndarray:
+        n = held + 1
+        same_port = port_dst.get(cur.port, {})
         times = [*self.dst_times.get(peer, ()), flow.ts]
         regular = 0.0
         if len(times) >= 3:  # plain floats: numpy costs more than it saves on 8 values
@@ -95,20 +172,20 @@ class BehaviourWindow:
         total_bytes = (flow.orig_bytes or 0) + (flow.resp_bytes or 0)
         return np.array(
             [
-                np.log1p(n),
-                np.log1p(len({s.dst for s in recent})),
-                np.log1p(len({s.port for s in recent})),
-                sum(s.failed for s in recent) / n,
-                sum(s.oth for s in recent) / n,
-                sum(s.remote for s in recent) / n,
-                sum(not s.payload for s in recent) / n,
+                math.log1p(n),
+                math.log1p(len(dst) + (peer not in dst)),
+                math.log1p(len(port) + (cur.port not in port)),
+                (flags[0] + cur.failed) / n,
+                (flags[1] + cur.oth) / n,
+                (flags[2] + cur.remote) / n,
+                (flags[3] + (not cur.payload)) / n,
                 float(cur.failed),
                 float(cur.oth),
                 float(cur.remote),
-                np.log1p(sum(s.dst == peer for s in recent)),
-                np.log1p(len({s.dst for s in recent if s.port == cur.port})),
+                math.log1p(dst.get(peer, 0) + 1),
+                math.log1p(len(same_port) + (peer not in same_port)),
                 regular,
-                np.log1p(total_bytes) / 10.0,
+                math.log1p(total_bytes) / 10.0,
             ],
             dtype=np.float64,
         )
@@ -116,26 +193,18 @@ class BehaviourWindow:
     def add(self, flow: FlowRecord, peer: str) -> None:
         """Remember ``flow`` (after its verdict: features stay causal)."""
         self.now = max(self.now, flow.ts)
-        self.flows.append(_summarise(flow, peer))
-        self.added += 1
+        self._push(_summarise(flow, peer))
         times = self.dst_times.setdefault(peer, deque(maxlen=8))
         times.append(flow.ts)
         if len(self.dst_times) > 512:  # forget the oldest destinations
             self.dst_times.pop(next(iter(self.dst_times)))
 
-    def count_like(
-        self, flow: FlowRecord, before: int | None = None, now: float | None = None
-    ) -> int:
-        """Flows of the last minute with the same destination port as ``flow``, itself included.
-
-        ``before``/``now``: as the window was when ``added`` was ``before`` and its time ``now``
-        (a batch prepares later flows before it explains an earlier one).
-        """
-        seen = list(self.flows)
-        if before is not None:
-            seen = seen[: max(0, len(seen) - (self.added - before))]
-        now = max(self.now if now is None else now, flow.ts)
-        return 1 + sum(1 for s in seen if s.ts >= now - WINDOW_S and s.port == flow.resp_p)
+    def count_like(self, flow: FlowRecord) -> int:
+        """Flows of the last minute with the same destination port as ``flow``, itself included."""
+        now = max(self.now, flow.ts)
+        if self._settle(now):
+            return 1 + self._port.get(flow.resp_p, 0)
+        return 1 + sum(1 for s in self.flows if s.ts >= now - WINDOW_S and s.port == flow.resp_p)
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON form (addresses stay on the hub: this is the hub's own state)."""
@@ -156,13 +225,41 @@ class BehaviourWindow:
         w.now = float("-inf") if now is None else float(str(now))
         for row in d.get("flows", []):  # type: ignore[attr-defined]
             ts, dst, port, failed, oth, remote, payload = row
-            w.flows.append(
+            w._push(
                 _Seen(float(ts), str(dst), int(port), bool(failed), bool(oth), bool(remote),
                       bool(payload))
             )  # fmt: skip
         for k, v in dict(d.get("dst_times", {})).items():  # type: ignore[call-overload]
             w.dst_times[str(k)] = deque((float(x) for x in v), maxlen=8)
         return w
+
+
+def _bump(counts: dict[Any, int], key: Any, k: int) -> None:
+    """Add ``k`` to ``counts[key]``, forgetting keys that reach zero (their number is a feature)."""
+    n = counts.get(key, 0) + k
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
+
+
+def _tally(
+    flows: Sequence[_Seen],
+) -> tuple[int, list[int], dict[str, int], dict[int, int], dict[int, dict[str, int]]]:
+    """Count afresh over ``flows`` what a window keeps running counts of."""
+    flags = [0, 0, 0, 0]
+    dst: dict[str, int] = {}
+    port: dict[int, int] = {}
+    port_dst: dict[int, dict[str, int]] = {}
+    for s in flows:
+        flags[0] += s.failed
+        flags[1] += s.oth
+        flags[2] += s.remote
+        flags[3] += not s.payload
+        _bump(dst, s.dst, 1)
+        _bump(port, s.port, 1)
+        _bump(port_dst.setdefault(s.port, {}), s.dst, 1)
+    return len(flows), flags, dst, port, port_dst
 
 
 def _summarise(flow: FlowRecord, peer: str) -> _Seen:
