@@ -115,7 +115,7 @@ class DetectorConfig:
     burst_min: int = 10  # events in a minute that can be a burst, whatever the device
     # a KV-cached window (GIoT model) starts with this many tokens of the device's past and grows
     # to ``context_tokens``; ``context_tokens - 1 - FLOW_TOKENS`` is a sliding window (slower)
-    carry_tokens: int = 28
+    carry_tokens: int = 14
     cached_devices: int = 128  # KV-cached windows kept (64 KiB each for the default model)
 
 
