@@ -68,13 +68,12 @@ from .const import (
     Sensitivity,
     Severity,
 )
-from .engine.describe import Behaviour
+from .engine.describe import Behaviour, mud_profile
 from .engine.describe import describe as describe_behaviour
 from .engine.detector import Detector as EngineCore
 from .engine.detector import Verdict as EngineVerdict
-from .engine.detector import device_of
 from .engine.records import DeviceEvent, FlowRecord
-from .engine.tokenizer import BOS_ID, Vocabulary
+from .engine.tokenizer import BOS_ID, Vocabulary, device_of
 from .model_manager import N_POSITIONS, ModelManager, TrainResult
 from .netflow_listener import NetFlowListener
 from .state_collector import MonitoredSelection, StateCollector
@@ -150,6 +149,9 @@ class Description:
 
     short: str
     full: str
+    # what the device talks to, as an RFC 8520 (MUD)-shaped profile learnt from its flows, plus
+    # timing, volume and active hours (engine ``mud_profile``); None before any flow
+    profile: dict[str, Any] | None = None
 
 
 type Window = tuple[str, np.ndarray, float]
@@ -425,7 +427,10 @@ class EngineDetector:
             sentences.append(f"Usual changes: {common}.")
         if not sentences:
             return Description("Not enough data yet", "Nothing has been observed yet.")
-        return Description(sentences[0][:255], " ".join(sentences))
+        profile = None
+        if behaviour is not None and behaviour.flows:
+            profile = mud_profile(device, behaviour)
+        return Description(sentences[0][:255], " ".join(sentences), profile)
 
     def mark_normal(self, device: str) -> np.ndarray:
         """Lower later scores of the device's last alarming kind (stacking with each mark).

@@ -95,6 +95,7 @@ def async_setup_services(hass: HomeAssistant) -> None:
             "score": state.score,
             "alarm": state.alarm(dt_util.utcnow()),
             "explanation": state.explanation,
+            "profile": description.profile,
         }
 
     async def _mark_normal(call: ServiceCall) -> None:

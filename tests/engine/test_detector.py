@@ -238,3 +238,21 @@ def test_events_score_per_device_and_novelty_scores_higher() -> None:
     v = det.process_event(odd)
     assert list(det.devices) == ["lamp"]
     assert v.score > max(x.score for x in vs[20:])
+
+
+def test_alarm_onset_says_what_the_model_expected_instead(trained: tuple) -> None:
+    """The record that switches a device on contrasts what came with what the model expected."""
+    det = Detector(*trained)
+    pre = benign(80)
+    vs = run(det, pre + scan(40, pre[-1].ts + 5))
+    alarmed = [v for v in vs if v.alarm]
+    onset = alarmed[0].explanation
+    assert onset is not None
+    kinds = [kind for kind, _ in onset.expected]
+    assert len(kinds) == 3
+    assert kinds[0] in ("udp/dns", "udp/ntp")  # the device's routine, not telnet
+    assert sum(p for _, p in onset.expected) <= 1.0
+    assert "the model expected " + kinds[0].split("/")[1] + " over udp" in onset.text
+    later = alarmed[-1].explanation
+    assert later is not None
+    assert later.expected == []  # only the onset pays for the extra forward passes

@@ -38,6 +38,14 @@ async def test_describe_device_returns_description(
     assert "A typical connection moves" in str(response["description"])
     assert response["alarm"] is True
     assert re.search(r"\d connection attempts? in the last minute", str(response["explanation"]))
+    # the learnt MUD-shaped profile: the camera's https to the internet, no addresses in it
+    profile = response["profile"]
+    assert isinstance(profile, dict)
+    aces = profile["ietf-access-control-list:acls"]["acl"][0]["aces"]["ace"]
+    assert aces[0]["matches"]["tcp"]["destination-port"]["port"] == 443
+    assert aces[0]["matches"]["giot:scope"] == "remote"
+    assert profile["giot:timing"]["median-gap-s"] == 30.0
+    assert "93.184.216.34" not in str(profile)
 
     # Our own entity of the device names it too.
     by_entity = await hass.services.async_call(

@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .context import TokenScorer
-from .detector import device_of
 from .records import FlowRecord
-from .tokenizer import BOS_ID, PORT_CLASSES, PROTOS, Vocabulary, address_scope, port_class
+from .tokenizer import (
+    BOS_ID,
+    PORT_CLASSES,
+    PROTOS,
+    Vocabulary,
+    address_scope,
+    device_of,
+    port_class,
+)
 
 _PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 _SCOPE_WORDS = {

@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from .context import ContextScorer, TokenScorer
+from .describe import describe_expected, expected_next
 from .records import DeviceEvent, FlowRecord
 from .signature import FAMILIES, BehaviourWindow, SignatureHead
 from .tokenizer import (
@@ -35,9 +36,9 @@ from .tokenizer import (
     TokenContext,
     Vocabulary,
     address_scope,
+    device_of,
     event_tokens,
     flow_tokens,
-    is_lan,
     state_class,
 )
 
@@ -131,6 +132,9 @@ class Explanation:
     # the most surprising token, with their attention weight (GIoT models only, and only on the
     # record that switched the device on; else empty)
     attention: list[tuple[int, float]] = field(default_factory=list)
+    # for a flow that switched its device on: the kinds of flow (protocol/port class) the model
+    # expected from the device at that point, with probabilities (the contrast to what came)
+    expected: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -257,13 +261,6 @@ class _Pending:
     like: int = 0  # flows of the last minute to the same port, this one included (its words)
     event: DeviceEvent | None = None
     recent: int = 0  # the device's events of the last minute before this one
-
-
-def device_of(flow: FlowRecord) -> str:
-    """Name the home device a flow belongs to: its LAN-side end, the originator when both are."""
-    if is_lan(flow.orig_h) or not is_lan(flow.resp_h):
-        return flow.orig_h
-    return flow.resp_h
 
 
 class Detector:
@@ -510,6 +507,11 @@ class Detector:
     def _recent(self, st: DeviceState, ts: float) -> int:
         return st.window.recent(ts)
 
+    def _expected(self, st: DeviceState) -> list[tuple[str, float]]:
+        """Rank the kinds of flow the model expected next from the device (top 3)."""
+        context = list(st.ids)[max(0, len(st.ids) - (self.config.context_tokens - 2)) :]
+        return expected_next(self.model, self.vocab, context, top=3)
+
     def _attended(self, st: DeviceState, ids: list[int], top: int) -> list[tuple[int, float]]:
         """Context positions the model attended to for the record's ``top`` token (top 5)."""
         if not hasattr(self.model, "params") or not hasattr(self.model, "config"):
@@ -577,6 +579,7 @@ class Detector:
                 signature={f: round(float(p), 4) for f, p in zip(FAMILIES, probs, strict=True)},
                 # a full forward pass: only for the record that switched the device on
                 attention=[] if was_on else self._attended(st, ids, top),
+                expected=[] if was_on or p.flow is None else self._expected(st),
             )
         # learn (after deciding)
         self._learn(st, ts, ids, keys, raw, hot=hot)
@@ -798,4 +801,7 @@ def _flow_words(flow: FlowRecord, peer: str, n: int, v: Verdict) -> str:
     )
     if v.explanation is not None:
         text += "; unusual for this device: " + _unusual_words(v.explanation.tokens)
+        if v.explanation.expected:
+            expected = describe_expected(v.explanation.expected).rstrip(".")
+            text += "; " + expected.replace("Next, the model expects", "the model expected")
     return text

@@ -350,3 +350,10 @@ class Vocabulary:
 @lru_cache(maxsize=1)
 def _default_vocabulary() -> Vocabulary:
     return Vocabulary(_vocabulary_tokens())
+
+
+def device_of(flow: FlowRecord) -> str:
+    """Name the home device a flow belongs to: its LAN-side end, the originator when both are."""
+    if is_lan(flow.orig_h) or not is_lan(flow.resp_h):
+        return flow.orig_h
+    return flow.resp_h
