@@ -2,10 +2,11 @@
 
 GSFS rounds (``config["strategy"] == "gsfs"``): merge the partial downlink into the copy of the
 global model this node holds (kept in ``context.state``), train ``local-steps`` with the engine's
-``train_windows``, encode ``w_local - w_held`` with ``giot_engine.gsfs`` into ``gsfs-budget`` bytes,
-keep the residual for the next round. Baseline rounds (Flower's FedAvg / FedAdam / FedProx): train
-from the full global model and answer with the full local weights, as those strategies expect
-(FedProx adds its proximal term ``mu/2 ||w - w_global||^2`` to the local loss).
+``train_windows``, encode ``w_local - w_held`` with ``giot_engine.gsfs`` into ``gsfs-budget`` bytes
+(sent ``gsfs.pack``ed: five arrays instead of ~70), keep the residual for the next round.
+Baseline rounds (Flower's FedAvg / FedAdam / FedProx): train from the full global model and
+answer with the full local weights, as those strategies expect (FedProx adds its proximal term
+``mu/2 ||w - w_global||^2`` to the local loss).
 
 The same model code runs inside Home Assistant; here the node is a Flower SuperNode (or a virtual
 one in simulation) and its data come from ``fl_server.data.load_partition``.
@@ -57,10 +58,15 @@ RUN_DEFAULTS: dict[str, ConfigValue] = {
     "windows-per-node": 64,
     "window-len": 16,
     # GSFS server
-    "server-opt": "adam",  # GSFS server optimiser: adam | sgd | sgdm (FedAvgM)
-    "gsfs-server-lr": 3e-3,
-    "gsfs-server-momentum": 0.9,  # Adam's beta1, or FedAvgM's momentum
+    # GSFS server optimiser: ema (damped momentum, bias-corrected) | sgd | sgdm (FedAvgM) | adam.
+    # Per-coordinate means of error-feedback payloads already carry the residual that waited, so
+    # a server step above 1 counts it twice: eta 1, and beta 0.5 to average the halves that
+    # rotation at fraction 0.5 alternates (docs/results/federation.md).
+    "server-opt": "ema",
+    "gsfs-server-lr": 1.0,
+    "gsfs-server-momentum": 0.5,  # beta1 of ema / adam, or FedAvgM's momentum
     "gsfs-mean-over": "senders",  # or "all": unsent coordinates count as zeros (DGC-style)
+    "gsfs-selection": "rotate",  # or "random": a seeded sample of fraction-train every round
     "server-lr": 1e-2,  # FedAdam's eta
     "gsfs-default-budget": 16384,
     "gsfs-min-budget": 256,
@@ -266,7 +272,10 @@ def train_gsfs(msg: Message, context: Context, cfg: Mapping[str, Any], windows: 
         "payload-bytes": enc.nbytes,
         "compute-flops": train_flops(cfg, held, steps, windows.shape[1]),
     }
-    return _reply(msg, enc.payload, metrics)
+    payload = enc.payload
+    if conf.get("gsfs-mode") != "shared":  # a few arrays instead of ~3 per tensor: less framing
+        payload = gsfs.pack(payload, {k: v.shape for k, v in held.items()})
+    return _reply(msg, payload, metrics)
 
 
 def train_dense(

@@ -52,6 +52,7 @@ def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
             server_lr=float(cfg["gsfs-server-lr"]),
             beta1=float(cfg["gsfs-server-momentum"]),
             mean_over=str(cfg["gsfs-mean-over"]),
+            selection=str(cfg["gsfs-selection"]),
             downlink_threshold=float(cfg["downlink-threshold"]),
             limits=limits,
             robust=str(cfg["robust"]),

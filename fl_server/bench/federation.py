@@ -27,6 +27,7 @@ import argparse
 import math
 import os
 import platform
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -130,6 +131,7 @@ def bench_config(args: argparse.Namespace, name: str, dense_bytes: int) -> dict[
             "server-opt": args.gsfs_server_opt,
             "gsfs-server-momentum": args.gsfs_server_momentum,
             "gsfs-mean-over": args.gsfs_mean_over,
+            "gsfs-selection": args.gsfs_selection,
             "seed": args.seed,
             "data-source": "corpus",
             "data-dir": args.data,
@@ -192,6 +194,7 @@ def run_strategy(name: str, args: argparse.Namespace, ho: HeldOut) -> Run:
         print(f"  {name} round {rnd}: F1 {f1:.3f} AUROC {auc:.3f} {seconds:.1f}s", flush=True)
         return MetricRecord({"f1": f1})
 
+    random.seed(args.seed)  # Flower samples (and orders) nodes with the global ``random``
     t0 = time.perf_counter()
     strategy.start(
         grid=grid,
@@ -279,11 +282,17 @@ def render(
         f"data, home profiles (seed {args.seed}), model (GPT-2 layout, n_embd {args.n_embd}, "
         f"2 layers, window {args.window}), local AdamW lr {args.lr:g}, batch {args.batch_size}, "
         f"{args.local_steps} local steps (GSFS: at most). Baseline round timeout "
-        f"{args.round_timeout:g} s; baselines train {args.baseline_fraction:g} of the hubs per "
-        f"round (Flower's sampling). GSFS: {args.gsfs_fraction:g} of the hubs per round (least "
+        f"{args.round_timeout:g} s; baselines train {args.baseline_fraction:.0%} of the hubs per "
+        f"round (Flower's sampling). GSFS: {args.gsfs_fraction:.0%} of the hubs per round (least "
         f"recently asked first, FedCS filter), upload budget at most "
         f"{args.gsfs_budget_fraction:g} of the dense model's bytes, server optimiser "
-        f"{args.gsfs_server_opt} with eta {args.gsfs_server_lr:g}, target round "
+        f"{args.gsfs_server_opt} with eta {args.gsfs_server_lr:g}"
+        + (
+            f" and beta {args.gsfs_server_momentum:g}"
+            if args.gsfs_server_opt in ("ema", "sgdm", "adam")
+            else ""
+        )
+        + f", target round "
         f"{args.gsfs_target_round_s:g} s (deadline prior {5 * args.gsfs_target_round_s:g} s "
         "while nodes are unmeasured).",
         "",
@@ -374,10 +383,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--gsfs-budget-fraction", type=float, default=0.04)
     parser.add_argument("--gsfs-target-round-s", type=float, default=3.0)
-    parser.add_argument("--gsfs-server-lr", type=float, default=2.0)
-    parser.add_argument("--gsfs-server-opt", default="sgd", choices=["adam", "sgd", "sgdm"])
-    parser.add_argument("--gsfs-server-momentum", type=float, default=0.9)
+    parser.add_argument("--gsfs-server-lr", type=float, default=1.0)
+    parser.add_argument("--gsfs-server-opt", default="ema", choices=["adam", "sgd", "sgdm", "ema"])
+    parser.add_argument("--gsfs-server-momentum", type=float, default=0.5)
     parser.add_argument("--gsfs-mean-over", default="senders", choices=["senders", "all"])
+    parser.add_argument("--gsfs-selection", default="rotate", choices=["rotate", "random"])
     parser.add_argument("--calib", type=int, default=50)
     parser.add_argument("--margin", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)

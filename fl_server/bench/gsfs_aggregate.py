@@ -55,6 +55,7 @@ def build_replies(
             k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in params.items()
         }
         enc = gsfs.encode(update, params, budget)
+        wire = gsfs.pack(enc.payload, {k: v.shape for k, v in params.items()})
         instruction = Message(
             RecordDict({"config": ConfigRecord({"server-round": 1})}),
             dst_node_id=node,
@@ -64,7 +65,7 @@ def build_replies(
         instruction.metadata.__dict__["_message_id"] = f"m{node}"
         content = RecordDict(
             {
-                "arrays": ArrayRecord({k: Array(v) for k, v in enc.payload.items()}),
+                "arrays": ArrayRecord({k: Array(v) for k, v in wire.items()}),
                 "metrics": MetricRecord(
                     {
                         "num-examples": 80,

@@ -90,8 +90,12 @@ class ServerAdam:
     ``x_{t+1} = x_t + eta * m_hat / (sqrt(v_hat) + tau)`` with ``m, v`` moments of the mean update
     (which points downhill, hence ``+``). ``tau`` is the adaptivity floor of the paper. With
     ``kind="sgd"``, ``eta=1`` this is exactly FedAvg on deltas. ``kind="sgdm"`` is FedAvgM (Hsu
-    et al., 2019): ``m = beta1 * m + delta``, ``x += eta * m``; it averages over the rounds the
-    alternating halves of a partial-participation schedule that a single round sees apart.
+    et al., 2019) as Flower writes it: ``m = beta1 * m + delta``, ``x += eta * m``; its gain on a
+    steady update is ``eta / (1 - beta1)``. ``kind="ema"`` is the damped form, Adam's first moment
+    without the second: ``m = beta1 * m + (1 - beta1) * delta``, ``x += eta * m / (1 - beta1^t)``.
+    Its gain is ``eta`` at every round (bias correction: round 1 is a plain FedAvg step), so it
+    only low-passes the update: under partial participation it averages the rounds' different
+    halves of the population instead of following each in turn, without amplifying the step.
     """
 
     eta: float = 1e-2
@@ -110,14 +114,15 @@ class ServerAdam:
                 k: (p + np.float32(self.eta) * delta[k]).astype(np.float32)
                 for k, p in params.items()
             }
-        if self.kind == "sgdm":
+        if self.kind in ("sgdm", "ema"):
             self.t += 1
+            damp = 1.0 - self.beta1 if self.kind == "ema" else 1.0
+            gain = self.eta / (1.0 - self.beta1**self.t) if self.kind == "ema" else self.eta
             for k, d in delta.items():
-                m = self.m.get(k)
-                self.m[k] = (d if m is None else self.beta1 * m + d).astype(np.float32)
+                m = self.m.get(k, np.zeros_like(d))
+                self.m[k] = (self.beta1 * m + damp * d).astype(np.float32)
             return {
-                k: (p + np.float32(self.eta) * self.m[k]).astype(np.float32)
-                for k, p in params.items()
+                k: (p + np.float32(gain) * self.m[k]).astype(np.float32) for k, p in params.items()
             }
         self.t += 1
         c1 = 1.0 - self.beta1**self.t

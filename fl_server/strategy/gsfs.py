@@ -1,24 +1,33 @@
-"""GSFS server: sense each node, plan its round, aggregate sparse updates, step with Adam.
+"""GSFS server: sense each node, plan its round, aggregate sparse updates, take a server step.
 
 One round (``start`` drives it; ``configure_train`` / ``aggregate_train`` are usable alone):
 
 - select: ``fraction_train`` of the nodes, least recently asked first (seeded ties), so every
   home contributes every ``1/fraction_train`` rounds and its error-feedback residual never waits
-  long; nodes predicted to miss the round's deadline are left out (FedCS, Nishio & Yonetani
-  2019), except every ``fedcs_probe_every`` rounds, so that a node that became faster is seen;
+  long (a random sample, ``selection="random"``, lets some residuals age for several rounds and
+  then arrive at once: measured noisier); nodes predicted to miss the round's deadline are left
+  out (FedCS, Nishio & Yonetani 2019), except every ``fedcs_probe_every`` rounds, so that a node
+  that became faster is seen;
 - plan: per node, a byte budget and local steps from what was sensed about it (``sensing``), and a
   round deadline that the fast majority meets; it is the ``timeout`` the round waits for replies;
 - downlink: per node, only the tensors that moved since the copy the node holds (``downlink``);
 - uplink: each node answers with a GSFS payload (``giot_engine.gsfs``); every reply is validated
   (``fl_server.validation``) before it counts, rejected ones are logged with node id and reason;
 - aggregate: per-coordinate weighted mean over the nodes that sent each coordinate (or trimmed
-  mean, or DP mean), then the server optimiser (FedAdam);
+  mean, or DP mean), then the server optimiser (``ServerAdam``: damped momentum by default,
+  FedAdam, FedAvgM or plain FedAvg steps). A sent value carries the node's error-feedback
+  residual, i.e. what it held back in earlier rounds, so the per-sender mean already delivers
+  more than one round's update: a server step above 1 counts that backlog twice and overshoots
+  (measured: eta 2 oscillated between rounds); eta 1 with a short bias-corrected momentum
+  averages the halves of the population that rotation asks in turn;
 - sense: round-trip time per reply as the server saw it, bytes moved, misses, reported compute;
 - checkpoint: everything needed to continue identically after a restart (``fl_server.checkpoint``).
 
 Reply contract (ClientApp side in ``fl_server.client_app``): one ArrayRecord ``"arrays"`` with the
-payload and one MetricRecord ``"metrics"`` with ``num-examples``, ``train-loss``, ``compute-s``,
-``local-steps``, ``state-id`` (the downlink copy the node now holds) and ``downlink-ok``.
+payload (``gsfs.pack``ed into five arrays, or per tensor as ``gsfs.encode`` returns it: both are
+accepted and validated alike) and one MetricRecord ``"metrics"`` with ``num-examples``,
+``train-loss``, ``compute-s``, ``local-steps``, ``state-id`` (the downlink copy the node now
+holds) and ``downlink-ok``.
 """
 
 from __future__ import annotations
@@ -74,9 +83,9 @@ class GSFSConfig:
     min_train_nodes: int = 2
     fraction_evaluate: float = 1.0
     min_evaluate_nodes: int = 0
-    server_opt: str = "adam"
-    server_lr: float = 1e-2
-    beta1: float = 0.9
+    server_opt: str = "ema"  # "ema" | "sgd" | "sgdm" | "adam" (``ServerAdam``)
+    server_lr: float = 1.0  # above 1 counts error-feedback backlogs twice (module docstring)
+    beta1: float = 0.5  # spans the halves that rotation at fraction 0.5 alternates
     beta2: float = 0.99
     tau: float = 1e-3
     downlink_threshold: float = 1e-3
@@ -94,6 +103,7 @@ class GSFSConfig:
     shared_clip: float = 0.05  # per-coordinate bound before any update was seen
     fedcs_probe_every: int = 5  # a node predicted to miss the deadline is still asked this often
     mean_over: str = "senders"  # "senders": per-coordinate mean; "all": zeros for unsent (DGC)
+    selection: str = "rotate"  # "rotate": least recently asked first; "random": seeded sample
 
 
 @runtime_checkable
@@ -162,8 +172,15 @@ class GSFS(Strategy):
         return sorted(nodes[int(i)] for i in rng.choice(len(nodes), size=k, replace=False))
 
     def _select(self, grid: Grid, server_round: int) -> list[int]:
-        """``fraction_train`` of the nodes, least recently asked first (seeded tie-break)."""
+        """``fraction_train`` of the nodes: least recently asked first, or a seeded sample.
+
+        Rotation bounds how long a node's error-feedback residual waits; a random sample (as
+        Flower's strategies draw) mixes the population differently every round instead of
+        splitting it into ``1/fraction_train`` fixed groups that take turns.
+        """
         wanted = max(self.cfg.min_train_nodes, 1)
+        if self.cfg.selection == "random":
+            return self._sample(grid, server_round, self.cfg.fraction_train, wanted)
         waited = 0.0
         while len(nodes := sorted(grid.get_node_ids())) < wanted and waited < 60:
             time.sleep(0.5)
@@ -293,6 +310,8 @@ class GSFS(Strategy):
         record = next(iter(content.array_records.values()))
         try:
             payload = {k: array_numpy(a) for k, a in record.items()}
+            if "gsfs.head" in payload and not self.cfg.shared_index:
+                payload = gsfs.unpack(payload, shapes)  # packed wire form, same content
         except (TypeError, ValueError) as err:
             log_rejection(node, f"undecodable arrays: {err}")
             self.downlink.forget(node)

@@ -90,6 +90,78 @@ def test_wire_form_types_and_indices() -> None:
             assert val.size == numel
 
 
+@pytest.mark.parametrize("budget", [0, 9, 700, 4000, 50_000, 300_000])
+def test_pack_unpack_roundtrip_in_at_most_five_arrays(budget: int) -> None:
+    weights, update = _model(budget)
+    payload = gsfs.encode(update, weights, budget).payload
+    packed = gsfs.pack(payload, SHAPES)
+    assert set(packed) <= set(gsfs.PACKED_KEYS)
+    assert len(packed) <= 5
+    back = gsfs.unpack(packed, SHAPES)
+    assert back.keys() == payload.keys()
+    for key, arr in payload.items():
+        assert back[key].dtype == arr.dtype
+        np.testing.assert_array_equal(back[key], arr)
+    dense = gsfs.decode(back, SHAPES)
+    for name, arr in gsfs.decode(payload, SHAPES).items():
+        np.testing.assert_array_equal(dense[name], arr)
+    # framing: 12 bytes of head per sent tensor, nothing else beyond the per-tensor data
+    assert gsfs.payload_nbytes(packed) == gsfs.payload_nbytes(payload) + 12 * len(
+        gsfs.sent_tensors(payload)
+    )
+
+
+def _mixed_payload() -> gsfs.Payload:
+    """A payload with sparse tensors of both index widths (updates on one scale everywhere)."""
+    rng = np.random.default_rng(5)
+    weights = {n: np.full(s, 0.05, np.float32) for n, s in SHAPES.items()}
+    update = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
+    return gsfs.encode(update, weights, 6000).payload
+
+
+def test_pack_keeps_both_index_widths_apart() -> None:
+    payload = _mixed_payload()
+    assert "big.idx" in payload  # uint32
+    assert any(k.endswith(".idx") and k != "big.idx" for k in payload)  # uint16
+    packed = gsfs.pack(payload, SHAPES)
+    assert packed["gsfs.idx32"].dtype == np.uint32
+    assert packed["gsfs.idx16"].dtype == np.uint16
+    assert packed["gsfs.idx32"].size == payload["big.idx"].size
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["extra key", "head dtype", "position out of range", "repeated position", "short values",
+     "short indices", "extra indices", "bad flag", "missing scale"],
+)  # fmt: skip
+def test_unpack_rejects_malformed_framing(damage: str) -> None:
+    p = dict(gsfs.pack(_mixed_payload(), SHAPES))
+    head = p["gsfs.head"].copy()
+    if damage == "extra key":
+        p["gsfs.evil"] = np.zeros(1, np.int8)
+    elif damage == "head dtype":
+        p["gsfs.head"] = head.astype(np.int64)
+    elif damage == "position out of range":
+        head[0, 0] = len(SHAPES)
+        p["gsfs.head"] = head
+    elif damage == "repeated position":
+        head[1, 0] = head[0, 0]
+        p["gsfs.head"] = head
+    elif damage == "short values":
+        p["gsfs.val"] = p["gsfs.val"][:-1]
+    elif damage == "short indices":
+        p["gsfs.idx16"] = p["gsfs.idx16"][:-1]
+    elif damage == "extra indices":
+        p["gsfs.idx32"] = np.concatenate([p["gsfs.idx32"], np.zeros(1, np.uint32)])
+    elif damage == "bad flag":
+        head[0, 2] = 2
+        p["gsfs.head"] = head
+    else:
+        del p["gsfs.scale"]
+    with pytest.raises(ValueError, match="gsfs"):
+        gsfs.unpack(p, SHAPES)
+
+
 def test_uint32_indices_for_big_tensor() -> None:
     weights, update = _model(4)
     update = {n: np.zeros_like(u) for n, u in update.items()}

@@ -7,6 +7,7 @@ checkpoints) runs as in a federation.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from fl_server.client_app import make_client_app, settings
 from fl_server.server_app import build_strategy, initial_arrays, run_server
 from fl_server.simulation.grid import LocalGrid
-from fl_server.strategy.gsfs import GSFS
+from fl_server.strategy.gsfs import GSFS, GSFSConfig
+from giot_engine import gsfs
 
 BASE: dict[str, Any] = {
     "num-server-rounds": 3,
@@ -46,9 +48,17 @@ def _run(
     return run_server(grid, cfg), grid
 
 
+SHAPES = {k: a.shape for k, a in initial_arrays(_cfg()).items()}
+
+
 def _replace_arrays(reply: Message, fn: Any) -> Message:
+    """Tamper with a reply per tensor; a packed GSFS reply is sent packed again, as clients do."""
     arrays = {k: a.numpy() for k, a in reply.content.array_records["arrays"].items()}
-    reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in fn(arrays).items()})
+    if "gsfs.head" in arrays:
+        arrays = gsfs.pack(fn(gsfs.unpack(arrays, SHAPES)), SHAPES)
+    else:
+        arrays = fn(arrays)
+    reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     return reply
 
 
@@ -82,6 +92,7 @@ def test_client_payload_respects_budget() -> None:
 
     def spy(node: int, reply: Message) -> Message:
         seen.append(int(reply.content.metric_records["metrics"]["payload-bytes"]))  # type: ignore[arg-type]
+        assert set(reply.content.array_records["arrays"]) <= set(gsfs.PACKED_KEYS)
         return reply
 
     grid.tamper = {1: spy, 2: spy}
@@ -263,3 +274,27 @@ def test_flower_baselines_with_validation(name: str, caplog: pytest.LogCaptureFi
     assert all(np.all(np.isfinite(a.numpy())) for a in result.arrays.values())
     initial = initial_arrays(cfg)
     assert any(not np.array_equal(result.arrays[k].numpy(), initial[k].numpy()) for k in initial)
+
+
+def test_rotation_alternates_halves_and_random_selection_mixes_them() -> None:
+    grid = LocalGrid(make_client_app(_cfg()), 8)
+
+    def picks(selection: str) -> list[set[int]]:
+        strategy = GSFS(GSFSConfig(fraction_train=0.5, selection=selection, seed=0))
+        out = []
+        for rnd in range(1, 7):
+            chosen = strategy._select(grid, rnd)
+            strategy.last_asked.update(dict.fromkeys(chosen, rnd))  # as configure_train does
+            out.append(set(chosen))
+        return out
+
+    rot = picks("rotate")
+    assert all(len(p) == 4 for p in rot)
+    assert rot[0].isdisjoint(rot[1])
+    assert rot[0] | rot[1] == set(range(1, 9))
+    assert rot[2::2] == [rot[0]] * 2
+    assert rot[3::2] == [rot[1]] * 2
+    rnd = picks("random")
+    assert rnd == picks("random")  # seeded
+    assert all(len(p) == 4 for p in rnd)
+    assert any(a & b for a, b in itertools.pairwise(rnd))  # no fixed alternation

@@ -79,6 +79,26 @@ def test_server_adam_first_step_is_eta_sign() -> None:
     np.testing.assert_array_equal(restored.step(p, d)["t"], opt.step(p, d)["t"])
 
 
+def test_damped_server_momentum_steps_eta_times_delta_and_smooths_alternation() -> None:
+    """``ema``: a bias-corrected average of deltas, so a steady update is applied at gain eta
+    from round 1 on (no FedAvgM amplification), and halves that pull apart are averaged."""
+    opt = ServerAdam(eta=1.0, beta1=0.5, kind="ema")
+    x = {"w": np.zeros(2, np.float32)}
+    for _ in range(4):
+        before = x["w"].copy()
+        x = opt.step(x, {"w": np.array([0.5, -1.0], np.float32)})
+        np.testing.assert_allclose(x["w"] - before, [0.5, -1.0], rtol=1e-6)
+    alt = ServerAdam(eta=1.0, beta1=0.5, kind="ema")
+    y = {"w": np.zeros(1, np.float32)}
+    y = alt.step(y, {"w": np.array([1.0], np.float32)})
+    y = alt.step(y, {"w": np.array([-1.0], np.float32)})  # m = 0.5 * 0.5 - 0.5 = -0.25
+    assert y["w"].tolist() == pytest.approx([1.0 - 0.25 / 0.75])
+    restored = ServerAdam(eta=1.0, beta1=0.5, kind="ema")
+    restored.load_arrays(alt.arrays(), alt.t)
+    d = {"w": np.array([0.3], np.float32)}
+    np.testing.assert_array_equal(restored.step(y, d)["w"], alt.step(y, d)["w"])
+
+
 SHAPES = {"a": (16, 16), "b": (8,)}
 LIM = Limits(max_norm=10.0, max_examples=1000)
 

@@ -33,7 +33,9 @@ Pipeline for one round (``encode``):
 
 Wire form (``payload``): per sent tensor ``<name>.val`` (int8, 1-D), ``<name>.scale`` (float32,
 shape (1,)), and, when sparse, ``<name>.idx`` (uint16 or uint32, strictly increasing flat
-indices). The byte size of a payload is ``payload_nbytes``: the sum of those arrays' ``nbytes``;
+indices). ``pack`` / ``unpack`` carry the same content in at most five arrays, for carriers that
+frame each array (Flower's ``ArrayRecord``: the per-tensor form is ~70 arrays for GIoT). The
+byte size of a payload is ``payload_nbytes``: the sum of those arrays' ``nbytes``;
 ``encode`` guarantees ``payload_nbytes(payload) <= budget`` for every budget, 0 included.
 
 Exactness (tested): with ``d = decode(payload)`` (zeros for what was not sent) and the new
@@ -326,6 +328,94 @@ def decode(payload: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ..
             dense[idx] = vals
         out[name] = dense.reshape(shape)
     return out
+
+
+PACKED_KEYS = ("gsfs.head", "gsfs.scale", "gsfs.val", "gsfs.idx16", "gsfs.idx32")
+"""Keys of a packed payload (``pack``); ``gsfs.head`` alone marks a payload as packed."""
+
+
+def pack(payload: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> Payload:
+    """Carry a payload in at most five arrays, for carriers that frame every array.
+
+    A per-tensor payload is about three arrays per sent tensor, and a carrier such as Flower's
+    ``ArrayRecord`` adds a name and an npy header (~100 bytes) to each: at a few kB of data that
+    framing is a third of the message. Packed: ``gsfs.head`` (int32, one row per sent tensor:
+    position of the tensor in ``sorted(shapes)``, number of values, 1 if it has indices),
+    ``gsfs.scale`` (float32 per row), ``gsfs.val`` (int8, all values in row order) and the
+    indices concatenated by width, ``gsfs.idx16`` / ``gsfs.idx32`` (``index_dtype`` of each
+    tensor; an empty one is left out). ``unpack(pack(p, s), s) == p`` for every ``encode``
+    payload ``p``.
+    """
+    order = {name: i for i, name in enumerate(sorted(shapes))}
+    names = sent_tensors(payload)
+    head = np.array(
+        [[order[n], int(np.size(payload[f"{n}.val"])), int(f"{n}.idx" in payload)] for n in names],
+        np.int32,
+    ).reshape(len(names), 3)
+    out: Payload = {
+        "gsfs.head": head,
+        "gsfs.scale": np.array(
+            [np.asarray(payload[f"{n}.scale"]).reshape(-1)[0] for n in names], np.float32
+        ),
+        "gsfs.val": np.concatenate(
+            [np.asarray(payload[f"{n}.val"]).reshape(-1) for n in names] or [np.zeros(0, np.int8)]
+        ),
+    }
+    for key, dtype in (("gsfs.idx16", np.uint16), ("gsfs.idx32", np.uint32)):
+        parts = [
+            np.asarray(payload[f"{n}.idx"])
+            for n in names
+            if f"{n}.idx" in payload and index_dtype(_numel(shapes[n])) == dtype
+        ]
+        if parts:
+            out[key] = np.concatenate(parts).astype(dtype, copy=False)
+    return out
+
+
+def unpack(packed: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> Payload:
+    """Per-tensor payload from a packed one; ``ValueError`` says what is malformed.
+
+    Only the framing is checked here (keys, head, lengths add up); dtypes, index ranges, scales
+    and norms are the per-tensor validator's, which sees exactly what an unpacked sender sends.
+    """
+    if set(packed) - set(PACKED_KEYS) or not {"gsfs.head", "gsfs.scale", "gsfs.val"} <= set(packed):
+        raise ValueError(f"packed payload keys {sorted(packed)}")
+    head = np.asarray(packed["gsfs.head"])
+    if head.dtype != np.int32 or head.ndim != 2 or head.shape[1] != 3:
+        raise ValueError(f"gsfs.head: expected int32 (n, 3), got {head.dtype} {head.shape}")
+    names = sorted(shapes)
+    pos, count, has_idx = (head[:, i].astype(np.int64) for i in range(3))
+    if np.any((pos < 0) | (pos >= len(names))) or np.unique(pos).size != pos.size:
+        raise ValueError("gsfs.head: tensor positions out of range or repeated")
+    if np.any(count < 1) or np.any((has_idx != 0) & (has_idx != 1)):
+        raise ValueError("gsfs.head: counts must be >= 1 and index flags 0 or 1")
+    scale, val = np.asarray(packed["gsfs.scale"]), np.asarray(packed["gsfs.val"])
+    if scale.shape != (len(pos),) or val.ndim != 1 or val.size != int(count.sum()):
+        raise ValueError("gsfs.scale / gsfs.val: lengths do not match gsfs.head")
+    idx = {
+        k: np.asarray(packed[k]).reshape(-1) for k in ("gsfs.idx16", "gsfs.idx32") if k in packed
+    }
+    at = dict.fromkeys(idx, 0)
+    out: Payload = {}
+    start = 0
+    for p, c, flag, sc in zip(pos.tolist(), count.tolist(), has_idx.tolist(), scale, strict=True):
+        name = names[p]
+        out[f"{name}.val"] = val[start : start + c]
+        out[f"{name}.scale"] = np.array([sc], dtype=scale.dtype)
+        start += c
+        if flag:
+            key = "gsfs.idx16" if index_dtype(_numel(shapes[name])) == np.uint16 else "gsfs.idx32"
+            if key not in idx or at[key] + c > idx[key].size:
+                raise ValueError(f"{key}: fewer indices than gsfs.head declares")
+            out[f"{name}.idx"] = idx[key][at[key] : at[key] + c]
+            at[key] += c
+    if any(at[k] != idx[k].size for k in idx):
+        raise ValueError("gsfs.idx16 / gsfs.idx32: more indices than gsfs.head declares")
+    return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def shared_scales(clip: Mapping[str, float]) -> dict[str, float]:
