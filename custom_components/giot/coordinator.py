@@ -202,6 +202,34 @@ class Detector(Protocol):
         """Restore what ``state`` returned."""
 
 
+class _MinuteCounts:
+    """A device's flows of the last minute, counted by destination port and by peer."""
+
+    def __init__(self) -> None:
+        self.flows: deque[tuple[float, str, int]] = deque()
+        self.ports: Counter[int] = Counter()
+        self.peers: Counter[str] = Counter()
+
+    def name(self, flow: FlowRecord, scan_ports: int, flood_flows: int) -> str | None:
+        """Add ``flow``; "port_scan" / "flood" when the minute up to it looks like one."""
+        while self.flows and self.flows[0][0] < flow.ts - 60.0:
+            _, peer, port = self.flows.popleft()
+            self.ports[port] -= 1
+            if not self.ports[port]:
+                del self.ports[port]
+            self.peers[peer] -= 1
+            if not self.peers[peer]:
+                del self.peers[peer]
+        self.flows.append((flow.ts, flow.resp_h, flow.resp_p))
+        self.ports[flow.resp_p] += 1
+        self.peers[flow.resp_h] += 1
+        if len(self.ports) >= scan_ports:
+            return "port_scan"
+        if self.peers[flow.resp_h] >= flood_flows:
+            return "flood"
+        return None
+
+
 class EngineDetector:
     """Adapter from the engine's online ``Detector`` to the coordinator.
 
@@ -235,7 +263,7 @@ class EngineDetector:
         self.engine = EngineCore(self.models.scorer, vocab=self.vocab)
         self._behaviours: dict[str, Behaviour] = {}
         self._events: dict[str, Counter[str]] = {}
-        self._recent: dict[str, deque[tuple[float, str, int]]] = {}
+        self._recent: dict[str, _MinuteCounts] = {}
         self._dampen: dict[str, dict[str, float]] = {}
         self._last_alarm: dict[str, str] = {}
         self._windows: list[Window] = []
@@ -261,16 +289,15 @@ class EngineDetector:
         self.engine.model = self.models.scorer
 
     def _name(self, key: str, flow: FlowRecord) -> str | None:
-        """Name an alarm from the device's last minute when the signature head did not."""
-        window = self._recent.setdefault(key, deque())
-        while window and window[0][0] < flow.ts - 60.0:
-            window.popleft()
-        window.append((flow.ts, flow.resp_h, flow.resp_p))
-        if len({port for _, _, port in window}) >= self.SCAN_PORTS:
-            return "port_scan"
-        if sum(1 for _, host, _ in window if host == flow.resp_h) >= self.FLOOD_FLOWS:
-            return "flood"
-        return None
+        """Name an alarm from the device's last minute when the signature head did not.
+
+        A busy device has thousands of flows in a minute: the window keeps counts of ports and
+        peers as flows enter and leave it, so naming costs the same for a busy device.
+        """
+        window = self._recent.get(key)
+        if window is None:
+            window = self._recent[key] = _MinuteCounts()
+        return window.name(flow, self.SCAN_PORTS, self.FLOOD_FLOWS)
 
     def _verdict(
         self, key: str, engine_key: str, raw: EngineVerdict, ts: float, *, warmed: bool, **kw: Any

@@ -407,11 +407,18 @@ def _report(  # noqa: PLR0917
         )
     lines += [
         "",
-        f"- RSS: {rss_start:.0f} MB before GIoT was set up, {rss_setup:.0f} MB after setup,"
-        f" {rss_end:.0f} MB at the end: **{rss_end - rss_start:.0f} MB added**.",
     ]
     worst = max(p.lag_max_ms for p in phases if p.traced_peak_mb is None)
-    added = rss_end - rss_start
+    # tracemalloc keeps a traceback per live allocation: its own memory is not GIoT's, so the
+    # target is judged on the phases without it (the end value is reported beside it)
+    untraced = max(p.rss_after_mb for p in phases if p.traced_peak_mb is None)
+    added = untraced - rss_start
+    lines += [
+        f"- RSS: {rss_start:.0f} MB before GIoT was set up, {rss_setup:.0f} MB after setup,"
+        f" {untraced:.0f} MB at most after the phases without tracemalloc: **{added:.0f} MB"
+        f" added**; {rss_end:.0f} MB at the end, after the tracemalloc phase (its bookkeeping"
+        " included).",
+    ]
     lines += [
         f"- Target: event loop never blocked > 5 ms: **{'met' if worst <= 5 else 'missed'}**"
         f" (worst sleep overshoot {worst:.1f} ms without tracemalloc).",
