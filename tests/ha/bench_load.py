@@ -16,6 +16,7 @@ sleeping 1 ms in a loop measures event-loop lag (overshoot of each sleep).
 
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import platform
@@ -82,6 +83,8 @@ class Phase:
     rss_before_mb: float
     rss_after_mb: float
     traced_peak_mb: float | None
+    gc_worst_ms: float = 0.0  # longest cyclic-GC pause (any thread: it holds the GIL)
+    gc_over_5ms: int = 0
 
 
 def _rss_mb() -> float:
@@ -228,6 +231,16 @@ async def _phase(
     sender = threading.Thread(target=_send, args=(port, datagrams, stop_threads), daemon=True)
     probe = asyncio.create_task(_probe(samples, stop))
     states = asyncio.create_task(_states(hass, entities, stop))
+    pauses: list[float] = []
+    gc_started = [0.0]
+
+    def _gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            pauses.append((time.perf_counter() - gc_started[0]) * 1000)
+
+    gc.callbacks.append(_gc_timer)
     profile = cProfile.Profile() if PROFILE and not trace else None
     if profile is not None:  # the event loop's thread only: what runs on the loop
         profile.enable()
@@ -256,6 +269,7 @@ async def _phase(
             for stat in tracemalloc.take_snapshot().statistics("lineno")[:15]:
                 print(stat)
         tracemalloc.stop()
+    gc.callbacks.remove(_gc_timer)
     rss_after = _rss_mb()
     flows_sent = (coordinator.netflow.stats.flows if coordinator.netflow else 0) - flows_before
     await hass.async_block_till_done()
@@ -276,6 +290,8 @@ async def _phase(
         rss_before_mb=rss_before,
         rss_after_mb=rss_after,
         traced_peak_mb=traced,
+        gc_worst_ms=max(pauses, default=0.0),
+        gc_over_5ms=sum(1 for p in pauses if p > 5.0),
     )
 
 
@@ -427,6 +443,9 @@ def _report(  # noqa: PLR0917
         f"- Target: all offered records scored: {sum(p.scored for p in phases[:2]):,} of"
         f" {sum(p.events_sent + p.flows_sent for p in phases[:2]):,} offered in the first two"
         " phases (the rest was backlog when the phase ended).",
+        "- Python's cyclic garbage collector (it stops every thread): longest pause per phase "
+        + ", ".join(f"{p.name} {p.gc_worst_ms:.1f} ms ({p.gc_over_5ms} over 5 ms)" for p in phases)
+        + ".",
     ]
     if result is not None:
         lines.append(
