@@ -21,6 +21,7 @@ cache; the next record of each device starts a window from the history it brings
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -89,17 +90,30 @@ class ContextScorer:
         self._pool: Any = None  # KVCache of the current model, rows = slots
         self._free: list[int] = []
         self._between: Callable[[], object] = _nothing
-        self.model = model
+        self._model = model
+        self._next: TokenScorer | None = None  # set by another thread, taken by the next score
+        self._swap = threading.Lock()
 
     @property
     def model(self) -> TokenScorer:
-        """The scorer; setting it drops every cached window (they hold the old weights' keys)."""
-        return self._model
+        """The scorer; a new one drops every cached window (they hold the old weights' keys).
+
+        A host may set it from another thread (training finishes while a batch is scored): the
+        batch in flight ends with the weights it began with, the next one starts with the new.
+        """
+        return self._next or self._model
 
     @model.setter
     def model(self, model: TokenScorer) -> None:
-        self._model = model
-        self.clear()
+        with self._swap:
+            self._next = model
+
+    def _take_new_model(self) -> None:
+        with self._swap:
+            model, self._next = self._next, None
+        if model is not None:
+            self._model = model
+            self.clear()
 
     def clear(self) -> None:
         """Forget every cached window (e.g. after the detector's state was replaced)."""
@@ -127,6 +141,7 @@ class ContextScorer:
         called now and then (see ``Detector.process_many``).
         """
         self._between = between or _nothing
+        self._take_new_model()
         if not hasattr(self._model, "score_groups") or not hasattr(self._model, "new_cache"):
             return self._score_windows(requests)
         # at most max_devices windows per model call; a device's window evicted between calls
