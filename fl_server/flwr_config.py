@@ -10,7 +10,9 @@ Flower's own reader and writer (so the format is Flower's)::
     scripts/federation remote ADDRESS (--root-certificates CA.pem | --insecure) [--name giot]
     scripts/federation show
 
-then ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 .venv-server/bin/flwr run . giot-sim``.
+then, with the server venv's ``bin`` on PATH (a local connection makes ``flwr`` start
+``flower-superlink`` by name),
+``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . giot-sim``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ from flwr.cli.flower_config import (
 )
 
 
-def local_connection(supernodes: int, cpus_per_node: float) -> dict[str, Any]:
-    """Describe a local simulation: Flower starts a SuperLink and virtual SuperNodes (Ray)."""
+def local_connection(supernodes: int, cpus_per_node: int) -> dict[str, Any]:
+    """Describe a local simulation: Flower starts a SuperLink and virtual SuperNodes (Ray).
+
+    ``num-cpus`` must be a whole number: Flower 1.41's local simulation refuses 1.0 ("'float'
+    object cannot be interpreted as an integer"); GPUs may be shared in fractions.
+    """
     return {
         "address": LOCAL_SUPERLINK_ADDRESS_MAGIC_VALUE,
         "options": {
@@ -43,7 +49,7 @@ def local_connection(supernodes: int, cpus_per_node: float) -> dict[str, Any]:
 def remote_connection(
     address: str, root_certificates: str | None, insecure: bool
 ) -> dict[str, Any]:
-    """Describe a real SuperLink (its Control API address, e.g. ``server.example:9093``)."""
+    """Describe a real SuperLink by its HTTP port (``flower-superlink --port``, 8000 by default)."""
     if insecure == (root_certificates is not None):
         raise ValueError("give exactly one of --root-certificates or --insecure")
     conn: dict[str, Any] = {"address": address}
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     loc = sub.add_parser("local", help="local simulation connection")
     loc.add_argument("--name", default="giot-sim")
     loc.add_argument("--supernodes", type=int, default=10)
-    loc.add_argument("--cpus-per-node", type=float, default=1.0)
+    loc.add_argument("--cpus-per-node", type=int, default=1)
     rem = sub.add_parser("remote", help="connection to a real SuperLink")
     rem.add_argument("address")
     rem.add_argument("--name", default="giot")
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     print(f"wrote SuperLink connection {args.name!r} to {path}")
     env = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1"
-    print(f"run: {env} .venv-server/bin/flwr run . {args.name}")
+    print(f'run: PATH="$PWD/.venv-server/bin:$PATH" {env} flwr run . {args.name}')
     return 0
 
 

@@ -70,7 +70,7 @@ def test_federation_helper_writes_flower_connections(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path))
-    path = write("giot-sim", local_connection(5, 1.0), default=True)
+    path = write("giot-sim", local_connection(5, 1), default=True)
     write("giot", remote_connection("link.example:9093", None, insecure=True), default=False)
     conf = tomllib.loads(path.read_text())["superlink"]
     assert conf["default"] == "giot-sim"
