@@ -295,6 +295,36 @@ async def _phase(
     )
 
 
+async def _baseline(hass: HomeAssistant, entities: list[str], seconds: float) -> str:
+    """The same state changes before GIoT is set up: the loop lag Home Assistant has anyway."""
+    samples: list[float] = []
+    pauses: list[float] = []
+    started = [0.0]
+
+    def _gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((time.perf_counter() - started[0]) * 1000)
+
+    gc.callbacks.append(_gc_timer)
+    stop = asyncio.Event()
+    probe = asyncio.create_task(_probe(samples, stop))
+    states = asyncio.create_task(_states(hass, entities, stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    sent = await states
+    await probe
+    gc.callbacks.remove(_gc_timer)
+    ordered = sorted(samples)
+    return (
+        f"- Home Assistant alone (GIoT not set up yet), {sent:,} state changes in {seconds:.0f} s:"
+        f" loop lag max {ordered[-1]:.1f} ms, p99 {ordered[int(0.99 * (len(ordered) - 1))]:.2f} ms,"
+        f" {sum(1 for x in samples if x > 5.0)} of {len(samples):,} sleeps > 5 ms; longest GC"
+        f" pause {max(pauses, default=0.0):.1f} ms.\n"
+    )
+
+
 async def test_ha_load(hass: HomeAssistant) -> None:
     """Sustain the load for each phase and write the results."""
     rss_start = _rss_mb()
@@ -327,6 +357,7 @@ async def test_ha_load(hass: HomeAssistant) -> None:
         hass.states.async_set(entity.entity_id, "off")
         devices.append(device.id)
         entities.append(entity.entity_id)
+    baseline = await _baseline(hass, entities, min(SECONDS, 10.0))
     port = _free_udp_port()
     entry = MockConfigEntry(
         domain=DOMAIN, data={}, options={CONF_DEVICES: devices, CONF_NETFLOW_PORT: port}
@@ -371,6 +402,7 @@ async def test_ha_load(hass: HomeAssistant) -> None:
             f" mean {np.mean(TICKS) * 1000:.2f} ms"
         )
     report = _report(phases, rss_start, rss_setup, rss_end, result, train_wall, coordinator)
+    report += baseline
     report += (
         f"- Event-loop lag while training (no other load): max {train_lag[-1]:.1f} ms,"
         f" p99 {train_lag[int(0.99 * (len(train_lag) - 1))]:.2f} ms.\n"
