@@ -7,7 +7,19 @@ import numpy as np
 import pytest
 
 from giot_engine.records import FlowRecord
-from giot_engine.signature import MAX_WINDOW_FLOWS, WINDOW_S, BehaviourWindow, _summarise
+from giot_engine.signature import (
+    DST,
+    FAILED,
+    MAX_WINDOW_FLOWS,
+    OTH,
+    PAYLOAD,
+    PORT,
+    REMOTE,
+    TS,
+    WINDOW_S,
+    BehaviourWindow,
+    _summarise,
+)
 
 PEERS = ["192.168.1.1", "8.8.8.8", "52.1.2.3", "224.0.0.251", "10.0.0.9"]
 PORTS = [53, 443, 80, 23, 5353]
@@ -27,23 +39,23 @@ def _flow(rng: random.Random, ts: float) -> tuple[FlowRecord, str]:
 def _scan_features(window: BehaviourWindow, flow: FlowRecord, peer: str) -> list[float]:
     """The definition: the features from the flows of the minute before, counted by hand."""
     now = max(window.now, flow.ts)
-    recent = [s for s in window.flows if s.ts >= now - WINDOW_S]
+    recent = [s for s in window.flows if s[TS] >= now - WINDOW_S]
     cur = _summarise(flow, peer)
     recent.append(cur)
     n = len(recent)
     return [
         math.log1p(n),
-        math.log1p(len({s.dst for s in recent})),
-        math.log1p(len({s.port for s in recent})),
-        sum(s.failed for s in recent) / n,
-        sum(s.oth for s in recent) / n,
-        sum(s.remote for s in recent) / n,
-        sum(not s.payload for s in recent) / n,
-        float(cur.failed),
-        float(cur.oth),
-        float(cur.remote),
-        math.log1p(sum(s.dst == peer for s in recent)),
-        math.log1p(len({s.dst for s in recent if s.port == cur.port})),
+        math.log1p(len({s[DST] for s in recent})),
+        math.log1p(len({s[PORT] for s in recent})),
+        sum(s[FAILED] for s in recent) / n,
+        sum(s[OTH] for s in recent) / n,
+        sum(s[REMOTE] for s in recent) / n,
+        sum(not s[PAYLOAD] for s in recent) / n,
+        float(cur[FAILED]),
+        float(cur[OTH]),
+        float(cur[REMOTE]),
+        math.log1p(sum(s[DST] == peer for s in recent)),
+        math.log1p(len({s[DST] for s in recent if s[PORT] == cur[PORT]})),
     ]
 
 
@@ -61,9 +73,9 @@ def test_running_counts_equal_a_scan(seed: int) -> None:
         got = window.features(flow, peer)
         np.testing.assert_allclose(got[:12], want, rtol=1e-12)
         now = max(window.now, flow.ts)
-        recent = [s for s in window.flows if s.ts >= now - WINDOW_S]
+        recent = [s for s in window.flows if s[TS] >= now - WINDOW_S]
         assert window.recent(flow.ts) == len(recent)
-        assert window.count_like(flow) == 1 + sum(s.port == flow.resp_p for s in recent)
+        assert window.count_like(flow) == 1 + sum(s[PORT] == flow.resp_p for s in recent)
         window.add(flow, peer)
         assert len(window.flows) <= MAX_WINDOW_FLOWS
     again = BehaviourWindow.from_dict(window.to_dict())  # the counts are rebuilt on load

@@ -14,8 +14,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -58,15 +57,18 @@ def family_of(label: str | None, detailed: str | None) -> str:
     return "cnc"
 
 
-@dataclass(slots=True)
-class _Seen:
-    ts: float
-    dst: str
-    port: int
-    failed: bool
-    oth: bool
-    remote: bool
-    payload: bool
+# One flow of a window: (ts, destination, port, failed, oth, remote, payload). A plain tuple of
+# numbers and a string, not a class: the garbage collector stops tracking such tuples, and a busy
+# device keeps hundreds of them alive for a minute, which otherwise brings full collections (that
+# stop Home Assistant's event loop for tens of milliseconds) much closer.
+_Seen = tuple[float, str, int, bool, bool, bool, bool]
+TS: Final = 0
+DST: Final = 1
+PORT: Final = 2
+FAILED: Final = 3
+OTH: Final = 4
+REMOTE: Final = 5
+PAYLOAD: Final = 6
 
 
 class BehaviourWindow:
@@ -98,9 +100,9 @@ class BehaviourWindow:
         self.flows.append(seen)
         seq = self.added
         self.added += 1
-        while self._oldest and self._oldest[-1][0] > seen.ts:
+        while self._oldest and self._oldest[-1][0] > seen[TS]:
             self._oldest.pop()
-        self._oldest.append((seen.ts, seq))
+        self._oldest.append((seen[TS], seq))
         self._count(seen, 1)
 
     def _pop(self) -> None:
@@ -112,21 +114,21 @@ class BehaviourWindow:
 
     def _count(self, s: _Seen, k: int) -> None:
         flags = self._flags
-        flags[0] += k * s.failed
-        flags[1] += k * s.oth
-        flags[2] += k * s.remote
-        flags[3] += k * (not s.payload)
-        _bump(self._dst, s.dst, k)
-        _bump(self._port, s.port, k)
-        per_port = self._port_dst.setdefault(s.port, {})
-        _bump(per_port, s.dst, k)
+        flags[0] += k * s[FAILED]
+        flags[1] += k * s[OTH]
+        flags[2] += k * s[REMOTE]
+        flags[3] += k * (not s[PAYLOAD])
+        _bump(self._dst, s[DST], k)
+        _bump(self._port, s[PORT], k)
+        per_port = self._port_dst.setdefault(s[PORT], {})
+        _bump(per_port, s[DST], k)
         if not per_port:
-            del self._port_dst[s.port]
+            del self._port_dst[s[PORT]]
 
     def _settle(self, now: float) -> bool:
         """Drop flows older than the minute before ``now`` from the front; True if none is left."""
         cutoff = now - WINDOW_S
-        while self.flows and self.flows[0].ts < cutoff:
+        while self.flows and self.flows[0][TS] < cutoff:
             self._pop()
         return not self._oldest or self._oldest[0][0] >= cutoff
 
@@ -135,14 +137,14 @@ class BehaviourWindow:
         now = max(self.now, ts)
         if self._settle(now):
             return len(self.flows)
-        return sum(1 for s in self.flows if s.ts >= now - WINDOW_S)
+        return sum(1 for s in self.flows if s[TS] >= now - WINDOW_S)
 
     def features(self, flow: FlowRecord, peer: str) -> np.ndarray:
         """Features of ``flow`` given the window so far (the flow itself included)."""
         cur = _summarise(flow, peer)
         now = max(self.now, flow.ts)
         if not self._settle(now):
-            recent = [s for s in self.flows if s.ts >= now - WINDOW_S]
+            recent = [s for s in self.flows if s[TS] >= now - WINDOW_S]
             return self._features(cur, flow, peer, *_tally(recent))
         return self._features(
             cur, flow, peer, len(self.flows), self._flags, self._dst, self._port, self._port_dst
@@ -160,7 +162,7 @@ class BehaviourWindow:
         port_dst: dict[int, dict[str, int]],
     ) -> np.ndarray:
         n = held + 1
-        same_port = port_dst.get(cur.port, {})
+        same_port = port_dst.get(cur[PORT], {})
         times = [*self.dst_times.get(peer, ()), flow.ts]
         regular = 0.0
         if len(times) >= 3:  # plain floats: numpy costs more than it saves on 8 values
@@ -174,14 +176,14 @@ class BehaviourWindow:
             [
                 math.log1p(n),
                 math.log1p(len(dst) + (peer not in dst)),
-                math.log1p(len(port) + (cur.port not in port)),
-                (flags[0] + cur.failed) / n,
-                (flags[1] + cur.oth) / n,
-                (flags[2] + cur.remote) / n,
-                (flags[3] + (not cur.payload)) / n,
-                float(cur.failed),
-                float(cur.oth),
-                float(cur.remote),
+                math.log1p(len(port) + (cur[PORT] not in port)),
+                (flags[0] + cur[FAILED]) / n,
+                (flags[1] + cur[OTH]) / n,
+                (flags[2] + cur[REMOTE]) / n,
+                (flags[3] + (not cur[PAYLOAD])) / n,
+                float(cur[FAILED]),
+                float(cur[OTH]),
+                float(cur[REMOTE]),
                 math.log1p(dst.get(peer, 0) + 1),
                 math.log1p(len(same_port) + (peer not in same_port)),
                 regular,
@@ -204,14 +206,22 @@ class BehaviourWindow:
         now = max(self.now, flow.ts)
         if self._settle(now):
             return 1 + self._port.get(flow.resp_p, 0)
-        return 1 + sum(1 for s in self.flows if s.ts >= now - WINDOW_S and s.port == flow.resp_p)
+        return 1 + sum(1 for s in self.flows if s[TS] >= now - WINDOW_S and s[PORT] == flow.resp_p)
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON form (addresses stay on the hub: this is the hub's own state)."""
         return {
             "now": self.now if self.now != float("-inf") else None,
             "flows": [
-                [s.ts, s.dst, s.port, int(s.failed), int(s.oth), int(s.remote), int(s.payload)]
+                [
+                    s[TS],
+                    s[DST],
+                    s[PORT],
+                    int(s[FAILED]),
+                    int(s[OTH]),
+                    int(s[REMOTE]),
+                    int(s[PAYLOAD]),
+                ]
                 for s in self.flows
             ],
             "dst_times": {k: list(v) for k, v in self.dst_times.items()},
@@ -226,8 +236,8 @@ class BehaviourWindow:
         for row in d.get("flows", []):  # type: ignore[attr-defined]
             ts, dst, port, failed, oth, remote, payload = row
             w._push(
-                _Seen(float(ts), str(dst), int(port), bool(failed), bool(oth), bool(remote),
-                      bool(payload))
+                (float(ts), str(dst), int(port), bool(failed), bool(oth), bool(remote),
+                 bool(payload))
             )  # fmt: skip
         for k, v in dict(d.get("dst_times", {})).items():  # type: ignore[call-overload]
             w.dst_times[str(k)] = deque((float(x) for x in v), maxlen=8)
@@ -252,28 +262,22 @@ def _tally(
     port: dict[int, int] = {}
     port_dst: dict[int, dict[str, int]] = {}
     for s in flows:
-        flags[0] += s.failed
-        flags[1] += s.oth
-        flags[2] += s.remote
-        flags[3] += not s.payload
-        _bump(dst, s.dst, 1)
-        _bump(port, s.port, 1)
-        _bump(port_dst.setdefault(s.port, {}), s.dst, 1)
+        flags[0] += s[FAILED]
+        flags[1] += s[OTH]
+        flags[2] += s[REMOTE]
+        flags[3] += not s[PAYLOAD]
+        _bump(dst, s[DST], 1)
+        _bump(port, s[PORT], 1)
+        _bump(port_dst.setdefault(s[PORT], {}), s[DST], 1)
     return len(flows), flags, dst, port, port_dst
 
 
 def _summarise(flow: FlowRecord, peer: str) -> _Seen:
     state = flow.conn_state or ""
     payload = bool(flow.orig_bytes) or bool(flow.resp_bytes)
-    return _Seen(
-        ts=flow.ts,
-        dst=peer,
-        port=flow.resp_p,
-        failed=flow.proto == "tcp" and state in FAILED_TCP_STATES,
-        oth=state == "OTH",
-        remote=address_scope(peer) == "remote",
-        payload=payload,
-    )
+    failed = flow.proto == "tcp" and state in FAILED_TCP_STATES
+    remote = address_scope(peer) == "remote"
+    return (flow.ts, peer, flow.resp_p, failed, state == "OTH", remote, payload)
 
 
 class SignatureHead:
