@@ -251,7 +251,7 @@ class EngineDetector:
     SCAN_PORTS = 10
     FLOOD_FLOWS = 300
     KEEP = 1000
-    YIELD_EVERY_S = 0.002
+    YIELD_EVERY_S = 0.001
     YIELD_SLEEP_S = 0.0001
 
     def __init__(self, directory: Path | None = None) -> None:

@@ -31,6 +31,8 @@ from .const import DOMAIN, LOGGER
 WINDOW_SUFFIX = ".npz"
 DETECTOR_FILE = "detector_state.json"
 DAY_S = 86400.0
+YIELD_EVERY_S = 0.002  # longest the serialiser holds the GIL at a stretch
+YIELD_SLEEP_S = 0.0001
 
 
 @dataclass(slots=True)
@@ -417,8 +419,25 @@ def _write_bytes(path: Path, data: bytes) -> OSError | None:
 
 def _write_state(path: Path, state: Mapping[str, object]) -> OSError | None:
     """Executor side: serialise and write the detector state."""
-    data = json.dumps(state, default=_json_default, separators=(",", ":")).encode()
-    return _write_bytes(path, data)
+    return _write_bytes(path, _dumps_yielding(state))
+
+
+def _dumps_yielding(state: Mapping[str, object]) -> bytes:
+    """``json.dumps`` that lets the event loop run while it works.
+
+    The C encoder holds the GIL for the whole document (60 ms for a busy home's detector state),
+    which stalls Home Assistant's event loop although this runs in the executor. The incremental
+    encoder yields the text in pieces; between them the GIL is handed over every ~2 ms.
+    """
+    encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+    parts: list[str] = []
+    handed = time.perf_counter()
+    for count, part in enumerate(encoder.iterencode(state)):
+        parts.append(part)
+        if count % 256 == 0 and time.perf_counter() - handed > YIELD_EVERY_S:
+            time.sleep(YIELD_SLEEP_S)
+            handed = time.perf_counter()
+    return "".join(parts).encode()
 
 
 def _write_json(handle: IO[bytes], *, data: bytes) -> None:

@@ -1,6 +1,7 @@
 """The local window store: survives restarts, retention, bounds, atomic writes on a full disk."""
 
 import errno
+import json
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
-from custom_components.giot.store import DAY_S, WindowStore
+from custom_components.giot.store import DAY_S, WindowStore, _dumps_yielding, _json_default
 
 
 @pytest.fixture
@@ -199,3 +200,21 @@ async def test_unreadable_files_are_skipped(hass: HomeAssistant) -> None:
     assert not (store.windows_dir / ".leftover.npz.123.tmp").exists()
     assert await again.async_load_detector_state() is None
     assert again.stats.corrupt_files == 2
+
+
+def test_state_serialiser_writes_what_json_dumps_writes() -> None:
+    """The GIL-friendly serialiser must give exactly the bytes of ``json.dumps``."""
+    state = {
+        "engine": {
+            "devices": {
+                f"192.168.1.{i}": {"ids": list(range(56)), "calib": [0.5 * k for k in range(300)]}
+                for i in range(40)
+            }
+        },
+        "keys": {"a": "b"},
+        "flags": [True, False, None],
+        "ratio": 1e-9,
+        "window": np.arange(4, dtype=np.int32),
+    }
+    want = json.dumps(state, default=_json_default, separators=(",", ":")).encode()
+    assert _dumps_yielding(state) == want

@@ -33,6 +33,7 @@ from .tokenizer import BOS_ID, PAD_ID
 
 # widths new tokens are padded to: a round needs few shapes (padding costs < 1/3 of the work)
 _WIDTHS = (4, 8, 12, 16, 24, 32, 40, 48, 56, 64)
+_ROWS_PER_CALL = 256  # windows per token_nll call on the sliding path (a few ms of numpy at most)
 
 
 class TokenScorer(Protocol):
@@ -181,10 +182,13 @@ class ContextScorer:
             del stream[: max(0, len(stream) - self.keep)]
         out: list[np.ndarray] = [np.empty(0)] * len(requests)
         for members in groups.values():
-            batch = np.asarray([seq for _, seq in members], dtype=np.int64)
-            nll = np.asarray(self._model.token_nll(batch), dtype=np.float64)
-            for row, (i, _) in enumerate(members):
-                out[i] = nll[row, nll.shape[1] - len(requests[i][2]) :]
+            for lo in range(0, len(members), _ROWS_PER_CALL):  # the host gets a turn in between
+                part = members[lo : lo + _ROWS_PER_CALL]
+                batch = np.asarray([seq for _, seq in part], dtype=np.int64)
+                nll = np.asarray(self._model.token_nll(batch), dtype=np.float64)
+                for row, (i, _) in enumerate(part):
+                    out[i] = nll[row, nll.shape[1] - len(requests[i][2]) :]
+                self._between()
         return out
 
     # -- GIoTModel: one KV-cached window per device, rows of one pool -------------------------
