@@ -591,6 +591,20 @@ class GIoTModel:
         f.exp_safe = bound + math.log(cfg.vocab_size) < _EXP_SAFE
         return f
 
+    def _finish_block(
+        self, f: _Fused, i: int, x: FloatArray, y: FloatArray, ws: dict[str, FloatArray]
+    ) -> None:
+        """Layer ``i`` after attention, in place on ``x`` (n, c): projection, then the MLP."""
+        n, c = x.shape
+        x += np.matmul(y, self._p(i, "attn.c_proj.weight"), out=_buf(ws, "o", n, c))
+        x += f.proj_b[i]
+        h = _layernorm(x, self.config.layer_norm_epsilon, _buf(ws, "h", n, c))[0]
+        a = np.matmul(h, f.fc_w[i], out=_buf(ws, "a", n, 4 * c))
+        a += f.fc_b[i]
+        g = _gelu(a, _buf(ws, "g", n, 4 * c))
+        x += np.matmul(g, self._p(i, "mlp.c_proj.weight"), out=_buf(ws, "o", n, c))
+        x += self._p(i, "mlp.c_proj.bias")
+
     def score_append(self, cache: KVCache, new_ids: IntArray) -> FloatArray:
         """Append ``new_ids`` (B, t) to every context in ``cache`` and return their NLL (B, t).
 
@@ -645,16 +659,7 @@ class GIoTModel:
                 s=_buf(ws, "s", b, nh, t, total),
                 out=y.transpose(0, 2, 1, 3),
             )
-            x += np.matmul(
-                y.reshape(n, c), self._p(i, "attn.c_proj.weight"), out=_buf(ws, "o", n, c)
-            )
-            x += f.proj_b[i]
-            h = _layernorm(x, eps, _buf(ws, "h", n, c))[0]
-            a = np.matmul(h, f.fc_w[i], out=_buf(ws, "a", n, 4 * c))
-            a += f.fc_b[i]
-            g = _gelu(a, _buf(ws, "g", n, 4 * c))
-            x += np.matmul(g, self._p(i, "mlp.c_proj.weight"), out=_buf(ws, "o", n, c))
-            x += self._p(i, "mlp.c_proj.bias")
+            self._finish_block(f, i, x, y.reshape(n, c), ws)
         xhat = _layernorm(x, eps, _buf(ws, "h", n, c))[0].reshape(b, t, c)
         w_f, b_f = p["transformer.ln_f.weight"], p["transformer.ln_f.bias"]
         log2e = np.float32(_LOG2E)  # base-2 logits for exp2: (h log2 e) @ wte^T
@@ -784,16 +789,7 @@ class GIoTModel:
                 s=_buf(ws, "s", b, nh, t, total),
                 out=y.transpose(0, 2, 1, 3),
             )
-            x += np.matmul(
-                y.reshape(n, c), self._p(i, "attn.c_proj.weight"), out=_buf(ws, "o", n, c)
-            )
-            x += f.proj_b[i]
-            h = _layernorm(x, eps, _buf(ws, "h", n, c))[0]
-            a = np.matmul(h, f.fc_w[i], out=_buf(ws, "a", n, 4 * c))
-            a += f.fc_b[i]
-            g = _gelu(a, _buf(ws, "g", n, 4 * c))
-            x += np.matmul(g, self._p(i, "mlp.c_proj.weight"), out=_buf(ws, "o", n, c))
-            x += self._p(i, "mlp.c_proj.bias")
+            self._finish_block(f, i, x, y.reshape(n, c), ws)
         xhat = _layernorm(x, eps, _buf(ws, "h", n, c))[0].reshape(b, t, c)
         w_f, b_f = p["transformer.ln_f.weight"], p["transformer.ln_f.bias"]
         log2e = np.float32(_LOG2E)
