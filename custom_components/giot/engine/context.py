@@ -95,6 +95,16 @@ class ContextScorer:
         self._next: TokenScorer | None = None  # set by another thread, taken by the next score
         self._swap = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Leave the lock out: a copy (a detector replayed twice from one history) gets its own."""
+        state = dict(self.__dict__)
+        del state["_swap"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._swap = threading.Lock()
+
     @property
     def model(self) -> TokenScorer:
         """The scorer; a new one drops every cached window (they hold the old weights' keys).

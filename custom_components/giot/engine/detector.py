@@ -9,10 +9,13 @@ Two stages run on every record of a device:
    it left the model's context long ago), then calibrated against the device's own recent
    benign-looking scores so that every device gets the same target false-alarm rate.
 
-A device alarms only after warm-up, when at least ``k_on`` records of the last minute were hot (or
-one was very hot); it stays on until it has been quiet for ``off_s`` seconds, and while on, only
-records that are themselves near the threshold carry the alarm. Every decision uses the training
-artefacts and earlier records only, so replaying a stream gives the verdicts a hub would have shown.
+A device alarms only after warm-up, when at least ``k_on`` records of the last minute were hot, or
+``k_on_signature`` of them were of a known family, or one was very hot (a flow also needs the
+signature stage to find it attack-like: novelty alone is not an attack); it stays on until it has
+been quiet for ``off_s`` seconds, and while on, only records that are themselves near the
+threshold carry the alarm (a record that started before the window only as a known family). Every
+decision uses the training artefacts and earlier records only, so replaying a stream gives the
+verdicts a hub would have shown.
 """
 
 from __future__ import annotations
@@ -91,15 +94,25 @@ class DetectorConfig:
     hot_weight: float = 0.3  # how much a hot record counts as habit
     sig_threshold: float = 0.7  # attack probability of the signature head that makes a record hot
     k_on: int = 3  # hot records in ``window_s`` that switch a device on
+    # signature-hot records (a known attack family) in ``window_s`` that switch a device on: the
+    # head was trained on labelled attacks, so its hits are more specific than surprise alone
+    k_on_signature: int = 2
     window_s: float = 60.0
     off_s: float = 120.0  # quiet time before a device switches off
     stay_score: float = 0.0  # while on, records scoring at least this carry the alarm
     high_score: float = 12.0  # one record this far over threshold switches a device on alone
+    # ... if it is a flow, only when the signature stage also finds it at least this attack-like:
+    # a record that is merely new (a first RST, an odd duration) needs company (``k_on``). Events
+    # and an untrained signature head leave the single-record rule to surprise alone.
+    alone_attack_probability: float = 0.5
     signature_in_warmup: bool = False  # known families may alarm before surprise is calibrated
     utc_offset_s: int = 0
-    # records that started before the window cannot switch a device on (while it is on, they
-    # carry its alarm like any other: a long C&C connection ending mid-incident is part of it)
+    # records that started before the window cannot switch a device on; while it is on, they
+    # carry its alarm only when the signature stage calls them an attack or they reach
+    # ``high_score`` (a long C&C connection ending mid-incident is part of it; a long NTP
+    # exchange that is merely unusual tells about its start, before the incident)
     fresh_only: bool = True
+    stale_carries_any: bool = False  # True: any stale record carries (the first sessions' rule)
     # absence (``Detector.tick``): silence against the device's own longest gap, a stuck state
     # against its own longest stay in that state; both need enough observations first
     silence_factor: float = 1.5  # silent when quiet for this many times its longest gap so far
@@ -163,6 +176,7 @@ class DeviceState:
     seen: int = 0
     shapes: dict[str, float] = field(default_factory=dict)
     hot: deque[float] = field(default_factory=deque)
+    sig_hot: deque[float] = field(default_factory=deque)  # the signature-hot ones among ``hot``
     on: bool = False
     last_hot: float = float("-inf")
     # absence statistics (see ``Detector.tick``): gaps between the device's records and how long
@@ -191,6 +205,7 @@ class DeviceState:
             "seen": self.seen,
             "shapes": dict(self.shapes),
             "hot": list(self.hot),
+            "sig_hot": list(self.sig_hot),
             "on": self.on,
             "last_hot": None if self.last_hot == float("-inf") else self.last_hot,
             "last_ts": self.last_ts,
@@ -223,6 +238,7 @@ class DeviceState:
             seen=int(str(g("seen", 0))),
             shapes={str(k): float(v) for k, v in dict(g("shapes", {})).items()},  # type: ignore[call-overload]
             hot=deque(float(x) for x in g("hot", [])),  # type: ignore[attr-defined]
+            sig_hot=deque(float(x) for x in g("sig_hot", [])),  # type: ignore[attr-defined]
             on=bool(g("on", False)),
             last_hot=float("-inf") if last_hot is None else float(str(last_hot)),
             last_ts=None if last_ts is None else float(str(last_ts)),
@@ -545,23 +561,31 @@ class Detector:
         sig = _logit(p_attack) - _logit(cfg.sig_threshold)
         sig_ok = warmed or cfg.signature_in_warmup
         score = max(surprise, sig, habit)
-        hot = (sig > 0 and sig_ok) or (max(surprise, habit) > 0 and warmed)
+        known = sig > 0 and sig_ok  # stage 1: a known attack family
+        hot = known or (max(surprise, habit) > 0 and warmed)
         # aggregation with hysteresis (``now``: the device's latest time before this record)
-        while st.hot and st.hot[0] < now - cfg.window_s:
-            st.hot.popleft()
+        for times in (st.hot, st.sig_hot):
+            while times and times[0] < now - cfg.window_s:
+                times.popleft()
         if st.on and now - st.last_hot > cfg.off_s:
             st.on = False
         # Zeek logs a connection when it ends, stamped with its start: a record that started
         # before the current window (a long connection ending, or flushed at shutdown) is no
         # evidence of what the device does now, so it cannot switch the device on
         fresh = not cfg.fresh_only or ts >= now - cfg.window_s
+        alone = score >= cfg.high_score and (
+            p.flow is None or not self.signature.trained or p_attack >= cfg.alone_attack_probability
+        )
         was_on = st.on
         if hot and fresh:
             st.hot.append(now)
+            if known:
+                st.sig_hot.append(now)
             st.last_hot = now
-            if len(st.hot) >= cfg.k_on or score >= cfg.high_score:
+            if len(st.hot) >= cfg.k_on or len(st.sig_hot) >= cfg.k_on_signature or alone:
                 st.on = True
-        alarm = st.on and score >= cfg.stay_score and (hot or warmed)
+        carries = fresh or known or score >= cfg.high_score or cfg.stale_carries_any
+        alarm = st.on and score >= cfg.stay_score and (hot or warmed) and carries
         family: str | None = None
         if alarm and sig > 0:
             family = FAMILIES[1 + int(np.argmax(probs[1:]))]

@@ -288,6 +288,11 @@ class SignatureHead:
         self.mean = mean
         self.scale = scale
 
+    @property
+    def trained(self) -> bool:
+        """Whether the head looks at its features at all (an untrained one says benign always)."""
+        return bool(np.any(self.weights[:-1]))
+
     @classmethod
     def untrained(cls) -> SignatureHead:
         """Build a head that always says benign (used when no labelled training data exists)."""
