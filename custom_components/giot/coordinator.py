@@ -1,22 +1,21 @@
 """Runtime state of a GIoT config entry: the coordinator that owns sources, detector and store.
 
 Collectors push flows and device events into the coordinator from the event loop; the coordinator
-queues them, hands them to the detector in batches in the executor (one batch at a time, because
-the detector keeps per-device state and is not thread-safe), turns verdicts into per-device
-alarms and alert events, and keeps the hub-level state the hub entities show.
+queues them, hands them to the detector in batches from the executor (one batch at a time, because
+the detector keeps per-device state and is not thread-safe), turns what comes back into
+per-device alarms and alert events, and keeps the hub-level state the hub entities show. The
+detector scores and trains in a process of its own (``engine_process``), off Home Assistant's GIL.
 """
 
 import asyncio
 import math
 import shutil
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from homeassistant.config_entries import ConfigEntry
@@ -68,13 +67,18 @@ from .const import (
     Sensitivity,
     Severity,
 )
-from .engine.describe import Behaviour, mud_profile
-from .engine.describe import describe as describe_behaviour
-from .engine.detector import Detector as EngineCore
-from .engine.detector import Verdict as EngineVerdict
+from .detection import (
+    BatchResult,
+    Description,
+    Detector,
+    EngineDetector,
+    Verdict,
+    Window,
+    alarming,
+)
 from .engine.records import DeviceEvent, FlowRecord
-from .engine.tokenizer import BOS_ID, Vocabulary, device_of
-from .model_manager import N_POSITIONS, ModelManager, TrainResult
+from .engine_process import DetectorError, ProcessDetector
+from .model_manager import N_POSITIONS, TrainResult
 from .netflow_listener import NetFlowListener
 from .state_collector import MonitoredSelection, StateCollector
 from .store import WindowStore
@@ -88,12 +92,11 @@ KNOWN_ADDRESSES_KEY = f"{DOMAIN}.known_addresses"
 MAX_PENDING = 100_000
 MIN_FREE_BYTES = 50 * 1024 * 1024
 # Loop-side pacing under load: flows attributed per slice, entity updates while a backlog is
-# worked off, windows handed to the store, descriptions refreshed per device (seconds).
+# worked off, windows handed to the store (seconds).
 ATTRIBUTE_SLICE = 256
 NOTIFY_SLICE = 16
 UPDATE_EVERY_S = 5.0
 WINDOW_FLUSH_S = 60.0
-DESCRIBE_EVERY_S = 10.0
 # Local training: nightly at this hour when this many windows are new; feedback windows count
 # this many times in the training set.
 TRAIN_HOUR = 3
@@ -121,404 +124,6 @@ class NodeAddress:
 
     host: str
     port: int
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The detector's judgement of one flow or event of one device, as the coordinator uses it.
-
-    ``score`` is in nats over the device's calibrated threshold (0 = threshold, higher = more
-    anomalous); ``alarm`` is the engine's own decision (with its hysteresis); the coordinator
-    moves the bar for the sensitivity option and away mode, and only for warmed-up devices.
-    """
-
-    device: str
-    score: float
-    alarm: bool
-    family: str | None = None
-    explanation: str = ""
-    severity: str | None = None
-    warmed: bool = True
-    user_initiated: bool = False
-    is_event: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Description:
-    """What a device normally does, short (a sensor state) and in full."""
-
-    short: str
-    full: str
-    # what the device talks to, as an RFC 8520 (MUD)-shaped profile learnt from its flows, plus
-    # timing, volume and active hours (engine ``mud_profile``); None before any flow
-    profile: dict[str, Any] | None = None
-
-
-type Window = tuple[str, np.ndarray, float]
-
-
-class Detector(Protocol):
-    """What the coordinator needs from the detector; every method runs in the executor."""
-
-    @property
-    def model_version(self) -> str:
-        """Version of the model that scores, shown on the hub."""
-
-    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
-        """Score flows attributed to devices, updating their context."""
-
-    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
-        """Score device events, updating their context."""
-
-    def tick(self, now: float) -> list[Verdict]:
-        """Absence at ``now`` (epoch seconds): one verdict per device gone silent or stuck."""
-
-    def forget(self, key: str) -> None:
-        """Drop everything learnt about a device that is no longer watched."""
-
-    def drain_windows(self) -> list[Window]:
-        """Token windows (device, ids, ts) produced since the last call, for the window store."""
-
-    def describe(self, device: str) -> Description:
-        """Describe what the device normally does."""
-
-    def mark_normal(self, device: str) -> np.ndarray:
-        """Learn the device's recent alarming pattern as normal; return its windows (N, T)."""
-
-    def train(self, windows: np.ndarray, seed: int) -> TrainResult:
-        """Train locally on windows (N, T); raise OSError when the model could not be saved."""
-
-    def load_model(self) -> None:
-        """Read the saved model."""
-
-    @property
-    def model_info(self) -> dict[str, Any]:
-        """Which scorer is active and how much the model has learnt."""
-
-    def state(self) -> dict[str, Any]:
-        """Plain-data state (warm-up, calibration, context) that survives restarts."""
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what ``state`` returned."""
-
-
-class _MinuteCounts:
-    """A device's flows of the last minute, counted by destination port and by peer."""
-
-    def __init__(self) -> None:
-        self.flows: deque[tuple[float, str, int]] = deque()
-        self.ports: Counter[int] = Counter()
-        self.peers: Counter[str] = Counter()
-
-    def name(self, flow: FlowRecord, scan_ports: int, flood_flows: int) -> str | None:
-        """Add ``flow``; "port_scan" / "flood" when the minute up to it looks like one."""
-        while self.flows and self.flows[0][0] < flow.ts - 60.0:
-            _, peer, port = self.flows.popleft()
-            self.ports[port] -= 1
-            if not self.ports[port]:
-                del self.ports[port]
-            self.peers[peer] -= 1
-            if not self.peers[peer]:
-                del self.peers[peer]
-        self.flows.append((flow.ts, flow.resp_h, flow.resp_p))
-        self.ports[flow.resp_p] += 1
-        self.peers[flow.resp_h] += 1
-        if len(self.ports) >= scan_ports:
-            return "port_scan"
-        if self.peers[flow.resp_h] >= flood_flows:
-            return "flood"
-        return None
-
-
-class EngineDetector:
-    """Adapter from the engine's online ``Detector`` to the coordinator.
-
-    Adds what the engine leaves to its host: the local GIoT model and its training
-    (``ModelManager``: bigram counts score until the model beats them on the stored windows),
-    per-device descriptions (engine ``describe``), token windows for the window store (exactly
-    the sequences the engine scores: ``[BOS]`` and the device's last tokens), feedback
-    (``mark_normal`` lowers later scores of the same kind for that device by ``FEEDBACK_NATS`` at
-    once and hands the device's recent windows back to be learnt, repeated, in local training),
-    and a name for alarms the signature head leaves unnamed (many destination ports in a minute
-    is a port scan, many flows to one peer a flood) — the bundled head is untrained and names
-    nothing.
-    """
-
-    WINDOW_TOKENS = N_POSITIONS - 1  # plus [BOS]: the model's whole context
-    WINDOW_EVERY = 4
-    FEEDBACK_NATS = 8.0
-    FEEDBACK_WINDOWS = 8
-    SCAN_PORTS = 10
-    FLOOD_FLOWS = 300
-    KEEP = 1000
-    YIELD_EVERY_S = 0.001
-    YIELD_SLEEP_S = 0.0001
-
-    def __init__(self, directory: Path | None = None) -> None:
-        """Start with a fresh model; ``load_model`` (executor) reads the saved one."""
-        self.vocab = Vocabulary.default()
-        self.models = ModelManager(
-            directory / "model" if directory is not None else None, self.vocab
-        )
-        self.engine = EngineCore(self.models.scorer, vocab=self.vocab)
-        self._behaviours: dict[str, Behaviour] = {}
-        self._events: dict[str, Counter[str]] = {}
-        self._recent: dict[str, _MinuteCounts] = {}
-        self._dampen: dict[str, dict[str, float]] = {}
-        self._last_alarm: dict[str, str] = {}
-        self._windows: list[Window] = []
-        self._count: Counter[str] = Counter()
-        self._tail: dict[str, deque[int]] = {}
-        self._taken: dict[str, deque[np.ndarray]] = {}
-        self._keys: dict[str, str] = {}  # engine device (address, entity) -> coordinator key
-        self._last_yield = 0.0
-
-    @property
-    def model_version(self) -> str:
-        """Version of the local model."""
-        return self.models.version
-
-    @property
-    def model_info(self) -> dict[str, Any]:
-        """Which scorer is active, model size, training state."""
-        return self.models.info()
-
-    def load_model(self) -> None:
-        """Read the saved model (executor) and let it score."""
-        self.models.load()
-        self.engine.model = self.models.scorer
-
-    def _name(self, key: str, flow: FlowRecord) -> str | None:
-        """Name an alarm from the device's last minute when the signature head did not.
-
-        A busy device has thousands of flows in a minute: the window keeps counts of ports and
-        peers as flows enter and leave it, so naming costs the same for a busy device.
-        """
-        window = self._recent.get(key)
-        if window is None:
-            window = self._recent[key] = _MinuteCounts()
-        return window.name(flow, self.SCAN_PORTS, self.FLOOD_FLOWS)
-
-    def _verdict(
-        self, key: str, engine_key: str, raw: EngineVerdict, ts: float, *, warmed: bool, **kw: Any
-    ) -> Verdict:
-        kind = raw.family or kw.pop("named", None) or "unusual"
-        score = raw.score - self._dampen.get(key, {}).get(kind, 0.0)
-        alarm = raw.alarm and score >= 0
-        if alarm:
-            self._last_alarm[key] = kind
-        self._keys[engine_key] = key  # for ``tick``, whose verdicts name engine devices
-        self._count[key] += 1
-        tail = self._tail.setdefault(engine_key, deque(maxlen=self.WINDOW_TOKENS))
-        tail.extend(raw.ids)  # the record's tokens, as the engine scored them
-        if len(tail) == self.WINDOW_TOKENS and self._count[key] % self.WINDOW_EVERY == 0:
-            window = np.asarray([BOS_ID, *tail], dtype=np.int32)
-            self._windows.append((key, window, ts))
-            self._taken.setdefault(key, deque(maxlen=self.FEEDBACK_WINDOWS)).append(window)
-        return Verdict(
-            key,
-            round(score, 3),
-            alarm,
-            None if kind == "unusual" else kind,
-            raw.explanation.text if raw.explanation is not None else "",
-            raw.severity if raw.severity != "none" else None,
-            warmed,
-            **kw,
-        )
-
-    def _breathe(self) -> None:
-        """Let the event loop's thread have the GIL now and then.
-
-        Scoring is pure Python for most of its time; a thread that wants the GIL waits a whole
-        switch interval (5 ms) before CPython makes the holder let go, so the event loop would
-        stall that long whenever it wakes during a batch. A short sleep every ``YIELD_EVERY_S``
-        hands it over at once (cost: about 5% of scoring throughput).
-        """
-        now = time.perf_counter()
-        if now - self._last_yield >= self.YIELD_EVERY_S:
-            time.sleep(self.YIELD_SLEEP_S)
-            self._last_yield = time.perf_counter()
-
-    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
-        """Score the flows with the engine in one batch (the verdicts of one at a time)."""
-        named: list[str | None] = []
-        last_ts: dict[str, float | None] = {}  # each device's previous flow, batch included
-        for key, flow in items:
-            self._breathe()
-            engine_key = device_of(flow)
-            if engine_key not in last_ts:
-                state = self.engine.devices.get(engine_key)
-                last_ts[engine_key] = state.prev_ts if state is not None else None
-            behaviour = self._behaviours.setdefault(key, Behaviour())
-            behaviour.add(flow, last_ts[engine_key])
-            previous = last_ts[engine_key]
-            last_ts[engine_key] = flow.ts if previous is None else max(previous, flow.ts)
-            del behaviour.gaps[: -self.KEEP], behaviour.bytes_per_flow[: -self.KEEP]
-            named.append(self._name(key, flow))
-        raws = self.engine.process_many([flow for _, flow in items], between=self._breathe)
-        verdicts = []
-        for (key, flow), raw, name in zip(items, raws, named, strict=True):
-            self._breathe()
-            verdicts.append(
-                self._verdict(key, device_of(flow), raw, flow.ts, warmed=raw.warmed, named=name)
-            )
-        return verdicts
-
-    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
-        """Score the device events with the engine in one batch (the verdicts of one at a time)."""
-        for key, event in items:
-            self._events.setdefault(key, Counter())[f"{event.entity_id} {event.new_state}"] += 1
-        raws = self.engine.process_many([event for _, event in items], between=self._breathe)
-        verdicts = []
-        for (key, event), raw in zip(items, raws, strict=True):
-            self._breathe()
-            verdicts.append(
-                self._verdict(
-                    key,
-                    event.device_id or event.entity_id,
-                    raw,
-                    event.ts,
-                    warmed=raw.warmed,
-                    user_initiated=event.source == "user",
-                    is_event=True,
-                )
-            )
-        return verdicts
-
-    def tick(self, now: float) -> list[Verdict]:
-        """Absence verdicts of the engine at ``now``, the loudest per coordinator device.
-
-        The engine names its own devices (an address for flows, a device or entity id for
-        events); they are mapped to the coordinator's keys the way ``observe_*`` saw them.
-        Feedback counts here too: ``mark_normal`` on a silent device lowers its later absence
-        scores, so it has to stay quiet longer before it is silent again.
-        """
-        loudest: dict[str, Verdict] = {}
-        for engine_key, raw in self.engine.tick(now):
-            key = self._keys.get(engine_key, engine_key)
-            kind = raw.family or "silent"
-            score = raw.score - self._dampen.get(key, {}).get(kind, 0.0)
-            if not raw.alarm or score < 0:
-                continue
-            self._last_alarm[key] = kind
-            verdict = Verdict(
-                key,
-                round(score, 3),
-                True,
-                kind,
-                raw.explanation.text if raw.explanation is not None else "",
-                raw.severity if raw.severity != "none" else None,
-                is_event=kind == "stuck",
-            )
-            if key not in loudest or verdict.score > loudest[key].score:
-                loudest[key] = verdict
-        return list(loudest.values())
-
-    def forget(self, key: str) -> None:
-        """Drop the engine's and the adapter's state of a device no longer watched."""
-        engine_keys = {e for e, k in self._keys.items() if k == key}
-        # State saved before keys were remembered: the engine's own name for the device.
-        for name in (key, key.removeprefix("net:")):
-            if self._keys.get(name, key) == key:
-                engine_keys.add(name)
-        for engine_key in engine_keys:
-            self._keys.pop(engine_key, None)
-            self.engine.forget(engine_key)
-            self._tail.pop(engine_key, None)
-        for table in (
-            self._behaviours,
-            self._events,
-            self._recent,
-            self._dampen,
-            self._last_alarm,
-            self._taken,
-            self._count,
-        ):
-            table.pop(key, None)
-
-    def drain_windows(self) -> list[Window]:
-        """Hand the new windows over."""
-        windows, self._windows = self._windows, []
-        return windows
-
-    def describe(self, device: str) -> Description:
-        """Template sentences about flows (engine ``describe``) and state changes."""
-        sentences: list[str] = []
-        if (behaviour := self._behaviours.get(device)) is not None and behaviour.flows:
-            sentences += describe_behaviour(behaviour)
-        if events := self._events.get(device):
-            total = events.total()
-            common = ", ".join(
-                f"{change} ({100 * n // total}%)" for change, n in events.most_common(3)
-            )
-            sentences.append(f"Usual changes: {common}.")
-        if not sentences:
-            return Description("Not enough data yet", "Nothing has been observed yet.")
-        profile = None
-        if behaviour is not None and behaviour.flows:
-            profile = mud_profile(device, behaviour)
-        return Description(sentences[0][:255], " ".join(sentences), profile)
-
-    def mark_normal(self, device: str) -> np.ndarray:
-        """Lower later scores of the device's last alarming kind (stacking with each mark).
-
-        Returns the device's recent windows, which local training then learns with extra weight.
-        """
-        taken = self._taken.pop(device, deque())
-        windows = np.stack(taken) if taken else np.zeros((0, self.WINDOW_TOKENS + 1), np.int32)
-        if (kind := self._last_alarm.pop(device, None)) is None:
-            return windows
-        dampen = self._dampen.setdefault(device, {})
-        dampen[kind] = dampen.get(kind, 0.0) + self.FEEDBACK_NATS
-        return windows
-
-    def train(self, windows: np.ndarray, seed: int) -> TrainResult:
-        """Train the GIoT model (and refit the bigram) on the windows; raise OSError if unsaved.
-
-        Runs on copies: scoring goes on meanwhile and switches to the new weights at the end.
-        """
-        result = self.models.train(windows, seed)
-        self.engine.model = self.models.scorer
-        return result
-
-    def state(self) -> dict[str, Any]:
-        """Engine state plus descriptions' counts and feedback."""
-        return {
-            "engine": self.engine.state_dict(),
-            "dampen": {device: dict(kinds) for device, kinds in self._dampen.items()},
-            "keys": dict(self._keys),
-            "events": {key: dict(counts) for key, counts in self._events.items()},
-            "behaviours": {
-                key: {
-                    "flows": b.flows,
-                    "services": [[*service, n] for service, n in b.services.items()],
-                    "hours": dict(b.hours),
-                    "gaps": b.gaps,
-                    "bytes": b.bytes_per_flow,
-                }
-                for key, b in self._behaviours.items()
-            },
-        }
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore; an engine state from another version is dropped (the engine starts fresh)."""
-        try:
-            self.engine.load_state_dict(state.get("engine", {}))
-        except ValueError as err:
-            LOGGER.warning("Starting detection afresh: %s", err)
-        self._dampen = {d: dict(v) for d, v in state.get("dampen", {}).items()}
-        self._keys = {str(e): str(k) for e, k in state.get("keys", {}).items()}
-        self._events = {d: Counter(c) for d, c in state.get("events", {}).items()}
-        for key, saved in state.get("behaviours", {}).items():
-            self._behaviours[key] = Behaviour(
-                flows=int(saved["flows"]),
-                services=Counter(
-                    {(p, int(port), sc): int(n) for p, port, sc, n in saved["services"]}
-                ),
-                hours=Counter({int(h): int(n) for h, n in saved["hours"].items()}),
-                gaps=[float(g) for g in saved["gaps"]],
-                bytes_per_flow=[int(b) for b in saved["bytes"]],
-            )
 
 
 @dataclass(slots=True)
@@ -604,7 +209,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         self.windows = WindowStore(
             hass, retention_days=self.retention.days, save_delay_s=SAVE_DELAY_S
         )
-        self.detector: Detector = detector or EngineDetector(self.windows.directory)
+        self.detector: Detector = detector or ProcessDetector(self.windows.directory)
         self.devices: dict[str, DeviceState] = {}
         self.hub = HubState()
         self.sensitivity = Sensitivity(entry.options.get(CONF_SENSITIVITY, DEFAULT_SENSITIVITY))
@@ -624,7 +229,6 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         self._pending_flows: list[tuple[str, FlowRecord]] = []
         self._buffered_windows: list[Window] = []
         self._windows_stored = -math.inf
-        self._described: dict[str, float] = {}
         self._pending_events: list[tuple[str, DeviceEvent]] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -634,6 +238,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         self._cancel_save: CALLBACK_TYPE | None = None
         self._saved_devices: dict[str, Any] = {}
         self._unsub_stop: CALLBACK_TYPE | None = None
+        self._shut_down = False
         options = entry.options
         self.state_collector = StateCollector(
             hass,
@@ -666,9 +271,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         for key in self.windows.devices():
             if self.windows.windows(key).shape[1] != N_POSITIONS:  # older tokenizer or model
                 self.windows.remove_device(key)
-        await self.hass.async_add_executor_job(self.detector.load_model)
-        if detector_state := await self.windows.async_load_detector_state():
-            await self.hass.async_add_executor_job(self.detector.load_state, detector_state)
+        await self._async_load_detector()
         self.hub.model_version = self.detector.model_version
         self._resolve_devices()
         await self._async_forget_unwatched()
@@ -702,14 +305,41 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             EVENT_HOMEASSISTANT_STOP, self._async_on_stop
         )
         await self._async_housekeeping(dt_util.utcnow())
-        self.async_set_updated_data(self.devices)
+        await self._async_notify()
+
+    async def _async_load_detector(self) -> None:
+        """Load the model and the saved state into the detector (its process starts now).
+
+        Where no process can be started (an unusual host), detection runs in Home Assistant's
+        executor instead, as it did before the detector had a process of its own.
+        """
+        try:
+            await self.hass.async_add_executor_job(self.detector.load_model)
+        except DetectorError as err:
+            if not isinstance(self.detector, ProcessDetector):
+                raise
+            LOGGER.warning("GIoT detects in Home Assistant's process instead: %s", err)
+            await self.hass.async_add_executor_job(self.detector.close)
+            self.detector = EngineDetector(self.windows.directory)
+            await self.hass.async_add_executor_job(self.detector.load_model)
+        loaded = await self.hass.async_add_executor_job(
+            self.detector.load_state_file, self.windows.detector_file
+        )
+        if loaded == "unreadable":
+            self.windows.record_unreadable()
 
     async def _async_on_stop(self, _event: Event) -> None:
         self._unsub_stop = None  # a fired listen_once is gone already
         await self.async_shutdown()
 
     async def async_shutdown(self) -> None:
-        """Stop the sources, finish queued work and save everything."""
+        """Stop the sources, finish queued work, save everything and close the detector.
+
+        Once: Home Assistant's stop event comes first, the entry's own shutdown may follow.
+        """
+        if self._shut_down:
+            return
+        self._shut_down = True
         await super().async_shutdown()
         while self._unsub:
             self._unsub.pop()()
@@ -730,6 +360,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         await self._async_store_windows()
         await self._async_save()
         await self.windows.async_close()
+        await self.hass.async_add_executor_job(self.detector.close)
 
     def _restore(self, stored: Mapping[str, Any]) -> None:
         hub = stored.get("hub", {})
@@ -760,10 +391,19 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         return state
 
     async def _async_save(self) -> None:
-        """Hub state to HA's store; the detector's state (home behaviour) to the window store."""
-        async with self._lock:
-            detector_state = await self.hass.async_add_executor_job(self.detector.state)
-        await self.windows.async_save_detector_state(detector_state)
+        """Hub state to HA's store; the detector writes its state (home behaviour) itself.
+
+        The window store counts how that write went (a full disk raises the storage repair).
+        """
+        try:
+            async with self._lock:
+                err = await self.hass.async_add_executor_job(
+                    self.detector.save_state, self.windows.detector_file
+                )
+        except DetectorError as failed:
+            LOGGER.warning("GIoT's detector state was not saved: %s", failed)
+        else:
+            self.windows.record_detector_save(err)
         await self._store.async_save(self._snapshot())
 
     def _snapshot(self) -> dict[str, Any]:
@@ -845,7 +485,6 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             return  # forgotten meanwhile
         self._network_devices -= state.device_id is None
         self._saved_devices.pop(key, None)
-        self._described.pop(key, None)
         self._async_remove_entities(key)
         self.windows.remove_device(key)
         self.windows.remove_device(f"{FEEDBACK_PREFIX}{key}")
@@ -991,7 +630,8 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         """Score what is queued, a batch at a time, in the executor.
 
         The loop only attributes flows (in slices), applies per-device summaries and alarms,
-        and hands windows to the store now and then: every per-record step runs in the executor.
+        and hands windows to the store now and then: every per-record step runs in the
+        detector (its process), which reduces the verdicts to what the loop applies.
         """
         last_update = time.monotonic()
         await self._async_attribute()
@@ -1001,10 +641,18 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             events = self._pending_events[:BATCH_MAX]
             del self._pending_events[:BATCH_MAX]
             bars = (self.threshold(is_event=False), self.threshold(is_event=True))
-            async with self._lock:
-                result = await self.hass.async_add_executor_job(
-                    self._observe, flows, events, bars, self.hub.away_mode
+            try:
+                async with self._lock:
+                    result = await self.hass.async_add_executor_job(
+                        self.detector.observe_batch, flows, events, bars, self.hub.away_mode
+                    )
+            except DetectorError as err:
+                # The detector's process stopped (logged there); the next batch starts it again.
+                LOGGER.debug(
+                    "A batch of %s records was not scored: %s", len(flows) + len(events), err
                 )
+                self.dropped += len(flows) + len(events)
+                continue
             self._buffered_windows.extend(result.windows)
             self._apply(result)
             await self._async_attribute()
@@ -1041,34 +689,6 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         for key, items in by_key.items():
             self.windows.add(key, np.stack([w for w, _ in items]), np.array([t for _, t in items]))
             await asyncio.sleep(0)
-
-    def _observe(
-        self,
-        flows: Sequence[tuple[str, FlowRecord]],
-        events: Sequence[tuple[str, DeviceEvent]],
-        bars: tuple[float, float],
-        away: bool,
-    ) -> BatchResult:
-        """Executor side: score, reduce verdicts to what the loop needs, describe, take windows.
-
-        Descriptions are refreshed at most every ``DESCRIBE_EVERY_S`` per device.
-        """
-        verdicts = self.detector.observe_flows(flows) if flows else []
-        if events:
-            verdicts += self.detector.observe_events(events)
-        result = BatchResult()
-        for verdict in verdicts:
-            count, _ = result.devices.get(verdict.device, (0, 0.0))
-            result.devices[verdict.device] = (count + 1, verdict.score)
-            if _alarming(verdict, bars[verdict.is_event]) or (away and verdict.user_initiated):
-                result.alarming.append(verdict)
-        now = time.monotonic()
-        for key in result.devices:
-            if now - self._described.get(key, -math.inf) >= DESCRIBE_EVERY_S:
-                self._described[key] = now
-                result.descriptions[key] = self.detector.describe(key)
-        result.windows = self.detector.drain_windows()
-        return result
 
     def threshold(self, *, is_event: bool) -> float:
         """Where the bar sits in nats over the engine's: sensitivity, lowered in away mode."""
@@ -1164,7 +784,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         state = self.devices[key]
         state.alarm_until = state.absence = None
         state.last_fired.clear()
-        self.async_set_updated_data(self.devices)
+        await self._async_notify()
         self._async_schedule_save()
 
     @callback
@@ -1200,7 +820,8 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         """
         async with self._train_lock:
             await self._async_store_windows()
-            windows = self.training_windows()
+            # megabytes of windows: copied together off the event loop
+            windows = await self.hass.async_add_executor_job(self.training_windows)
             if len(windows) == 0:
                 return None
             self.hub.training = True
@@ -1233,7 +854,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             return
         try:
             await self.async_train()
-        except HomeAssistantError as err:
+        except (HomeAssistantError, DetectorError) as err:
             LOGGER.warning("Scheduled local training failed: %s", err)
 
     @callback
@@ -1310,7 +931,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             _free_bytes, self.hass.config.path()
         )
         self._async_update_issues(now)
-        self.async_set_updated_data(self.devices)
+        await self._async_notify()
 
     async def _async_absence(self, _now: datetime) -> None:
         """Judge absence (engine ``tick``): devices gone silent or stuck in one state.
@@ -1320,10 +941,16 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         """
         now = dt_util.utcnow()
         async with self._lock:
-            verdicts = await self.hass.async_add_executor_job(self.detector.tick, now.timestamp())
+            try:
+                verdicts = await self.hass.async_add_executor_job(
+                    self.detector.tick, now.timestamp()
+                )
+            except DetectorError as err:
+                LOGGER.debug("Absence not judged this time: %s", err)
+                return
             changed = self._apply_absence(verdicts, now)
         if changed:
-            self.async_set_updated_data(self.devices)
+            await self._async_notify()
 
     @callback
     def _apply_absence(self, verdicts: Sequence[Verdict], now: datetime) -> bool:
@@ -1332,7 +959,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             verdict.device: verdict
             for verdict in verdicts
             if verdict.device in self.devices
-            and _alarming(verdict, self.threshold(is_event=verdict.is_event))
+            and alarming(verdict, self.threshold(is_event=verdict.is_event))
         }
         changed = False
         for key, state in self.devices.items():
@@ -1401,27 +1028,6 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             )
         else:
             ir.async_delete_issue(self.hass, DOMAIN, "storage_full")
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """What the loop needs of a scored batch.
-
-    Per device (count, last score), the alarming verdicts in order, refreshed descriptions and
-    new windows: the loop's work is per device and per alarm, not per record.
-    """
-
-    devices: dict[str, tuple[int, float]] = field(default_factory=dict)
-    alarming: list[Verdict] = field(default_factory=list)
-    descriptions: dict[str, Description] = field(default_factory=dict)
-    windows: list[Window] = field(default_factory=list)
-
-
-def _alarming(verdict: Verdict, bar: float) -> bool:
-    """Raise the bar over the engine's decision, or lower it for warmed-up devices."""
-    if bar >= 0:
-        return verdict.alarm and verdict.score >= bar
-    return verdict.alarm or (verdict.warmed and verdict.score >= bar)
 
 
 @dataclass(slots=True)

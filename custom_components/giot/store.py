@@ -5,18 +5,18 @@ Windows are raw behaviour of the home, so they are kept on the hub only (under
 file is replaced atomically (temporary file, fsync, ``os.replace``), so a crash or a full disk
 leaves the previous version in place; a failed write is counted and reported through ``stats`` and
 ``disk_full`` so the coordinator can raise a repair instead of failing silently (Home Assistant's
-``Store`` logs write errors and swallows them, which is why these files are written here).
+``Store`` logs write errors and swallows them, which is why these files are written here). The
+detector's state file sits beside the windows, but the detector reads and writes it itself (in its
+own process, see ``engine_process``): the store only counts how that went.
 """
 
 import errno
 import hashlib
-import json
 import os
-import tempfile
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,12 +27,11 @@ from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers.event import async_call_later
 
 from .const import DOMAIN, LOGGER
+from .persist import atomic_write
 
 WINDOW_SUFFIX = ".npz"
 DETECTOR_FILE = "detector_state.json"
 DAY_S = 86400.0
-YIELD_EVERY_S = 0.002  # longest the serialiser holds the GIL at a stretch
-YIELD_SLEEP_S = 0.0001
 
 
 @dataclass(slots=True)
@@ -79,21 +78,6 @@ class _DeviceWindows:
 def _write_arrays(handle: IO[bytes], *, arrays: Mapping[str, np.ndarray]) -> None:
     """Serialise arrays into an open file (the step a full disk makes fail)."""
     np.savez(handle, allow_pickle=False, **arrays)
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` all or nothing: a temporary file beside it, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _file_name(key: str) -> str:
@@ -212,7 +196,7 @@ class WindowStore:
         self._devices[key] = _DeviceWindows(arr[order], stamps[order])
         self._dirty.add(key)
         self._stats.added += len(stamps) - (0 if entry is None else len(entry.ts))
-        self._enforce(_now())
+        self._enforce(_now(), only=key)
         self._schedule_save()
         return len(order) - (0 if entry is None else len(entry.ts))
 
@@ -250,9 +234,14 @@ class WindowStore:
         else:
             del self._devices[key]
 
-    def _enforce(self, now: float) -> None:
+    def _enforce(self, now: float, only: str | None = None) -> None:
+        """Apply retention and the per-device bound, then the bound on the whole store.
+
+        ``only``: the device just added to (an add must not cost a pass over every device;
+        housekeeping prunes them all).
+        """
         cutoff = now - self.retention_days * DAY_S
-        for key in list(self._devices):
+        for key in list(self._devices) if only is None else [only]:
             entry = self._devices[key]
             old = entry.ts < cutoff
             self._stats.dropped_retention += int(old.sum())
@@ -352,7 +341,7 @@ class WindowStore:
                     path.unlink(missing_ok=True)
                     continue
                 arrays = {"key": np.array(key), "windows": entry.windows, "ts": entry.ts}
-                _atomic_write(path, partial(_write_arrays, arrays=arrays))
+                atomic_write(path, partial(_write_arrays, arrays=arrays))
             except OSError as err:
                 errors[key] = err
         return errors
@@ -369,85 +358,23 @@ class WindowStore:
         self._stats.writes += count
         self._disk_full = False
 
-    async def async_save_detector_state(self, state: Mapping[str, object]) -> bool:
-        """Persist the detector's ``state_dict()`` (JSON values); False if the write failed.
+    @property
+    def detector_file(self) -> Path:
+        """Where the detector's state is kept (the detector reads and writes it itself)."""
+        return self.directory / DETECTOR_FILE
 
-        Serialised in the executor: a home's state is megabytes of JSON (tens of ms of CPU).
-        ``state`` must not change until this returns.
-        """
-        path = self.directory / DETECTOR_FILE
-        err = await self.hass.async_add_executor_job(_write_state, path, state)
+    def record_detector_save(self, err: OSError | None) -> bool:
+        """Count how saving the detector's state went (a full disk raises the repair)."""
         if err is not None:
             self._record_error(err)
             return False
         self._record_success()
         return True
 
-    async def async_load_detector_state(self) -> dict[str, object] | None:
-        """Read the detector state saved last: None where there is none or it is unreadable."""
-        path = self.directory / DETECTOR_FILE
-
-        def _read() -> dict[str, object] | None:
-            try:
-                value = json.loads(path.read_bytes())
-            except FileNotFoundError:
-                return None
-            except (OSError, ValueError) as err:
-                LOGGER.warning("Ignoring unreadable GIoT detector state: %s", err)
-                return {}
-            return value if isinstance(value, dict) else {}
-
-        state = await self.hass.async_add_executor_job(_read)
-        if state == {}:
-            self._stats.corrupt_files += 1
-            return None
-        return state
+    def record_unreadable(self) -> None:
+        """Count a damaged file that was ignored (the detector's state, read elsewhere)."""
+        self._stats.corrupt_files += 1
 
     async def async_close(self) -> None:
         """Flush pending changes (on unload)."""
         await self.async_save()
-
-
-def _write_bytes(path: Path, data: bytes) -> OSError | None:
-    """Executor side: write one file atomically; the error, if any, goes back to the loop."""
-    try:
-        _atomic_write(path, partial(_write_json, data=data))
-    except OSError as err:
-        return err
-    return None
-
-
-def _write_state(path: Path, state: Mapping[str, object]) -> OSError | None:
-    """Executor side: serialise and write the detector state."""
-    return _write_bytes(path, _dumps_yielding(state))
-
-
-def _dumps_yielding(state: Mapping[str, object]) -> bytes:
-    """``json.dumps`` that lets the event loop run while it works.
-
-    The C encoder holds the GIL for the whole document (60 ms for a busy home's detector state),
-    which stalls Home Assistant's event loop although this runs in the executor. The incremental
-    encoder yields the text in pieces; between them the GIL is handed over every ~2 ms.
-    """
-    encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"))
-    parts: list[str] = []
-    handed = time.perf_counter()
-    for count, part in enumerate(encoder.iterencode(state)):
-        parts.append(part)
-        if count % 256 == 0 and time.perf_counter() - handed > YIELD_EVERY_S:
-            time.sleep(YIELD_SLEEP_S)
-            handed = time.perf_counter()
-    return "".join(parts).encode()
-
-
-def _write_json(handle: IO[bytes], *, data: bytes) -> None:
-    handle.write(data)
-
-
-def _json_default(value: object) -> object:
-    # The detector's state is plain data; numpy scalars or arrays that slip in become plain too.
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -24,7 +24,8 @@ from pytest_homeassistant_custom_component.common import (
 )
 
 from custom_components.giot.const import ALARM_HOLD
-from custom_components.giot.coordinator import EngineDetector, GIoTCoordinator, NodeAddress
+from custom_components.giot.coordinator import GIoTCoordinator, NodeAddress
+from custom_components.giot.detection import EngineDetector
 from custom_components.giot.engine.records import DeviceEvent, FlowRecord
 
 from .conftest import CAMERA_ENTITY, REMOTE, normal_flows, scan_flows

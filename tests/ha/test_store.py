@@ -14,7 +14,9 @@ from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
-from custom_components.giot.store import DAY_S, WindowStore, _dumps_yielding, _json_default
+from custom_components.giot.detection import EngineDetector
+from custom_components.giot.persist import dumps_yielding, json_default, read_state, write_state
+from custom_components.giot.store import DAY_S, WindowStore
 
 
 @pytest.fixture
@@ -161,26 +163,37 @@ async def test_full_disk_keeps_previous_file(hass: HomeAssistant) -> None:
 
 
 async def test_detector_state_round_trip_and_full_disk(hass: HomeAssistant) -> None:
-    """The detector's plain-data state persists; a failed write keeps the previous state."""
+    """The detector's plain-data state persists; a failed write keeps the previous state.
+
+    The detector writes the file itself (in its own process); the store counts how it went.
+    """
     store = WindowStore(hass)
-    assert await store.async_load_detector_state() is None
+    path = store.detector_file
+    assert read_state(path) is None
     state: dict[str, object] = {
         "version": 1,
         "vocab": "giot-vocab-1",
         "devices": {"192.168.1.20": {"seen": 42, "calib": [1.5, np.float32(2.0)]}},
     }
-    assert await store.async_save_detector_state(state)
-    loaded = await WindowStore(hass).async_load_detector_state()
+    assert store.record_detector_save(write_state(path, state))
+    loaded = read_state(WindowStore(hass).detector_file)
     assert loaded == {
         "version": 1,
         "vocab": "giot-vocab-1",
         "devices": {"192.168.1.20": {"seen": 42, "calib": [1.5, 2.0]}},
     }
 
-    with patch("custom_components.giot.store._write_json", side_effect=_disk_full):
-        assert not await store.async_save_detector_state({"version": 2})
+    with patch("custom_components.giot.persist.write_json", side_effect=_disk_full):
+        err = write_state(path, {"version": 2})
+    assert isinstance(err, OSError)
+    assert err.errno == errno.ENOSPC
+    assert not store.record_detector_save(err)
     assert store.disk_full
-    assert await WindowStore(hass).async_load_detector_state() == loaded
+    assert store.stats.disk_full_errors == 1
+    assert read_state(path) == loaded
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    assert store.record_detector_save(None)
+    assert not store.disk_full
 
 
 async def test_unreadable_files_are_skipped(hass: HomeAssistant) -> None:
@@ -198,8 +211,9 @@ async def test_unreadable_files_are_skipped(hass: HomeAssistant) -> None:
     assert again.devices() == ["good"]
     assert again.stats.corrupt_files == 1
     assert not (store.windows_dir / ".leftover.npz.123.tmp").exists()
-    assert await again.async_load_detector_state() is None
-    assert again.stats.corrupt_files == 2
+    with pytest.raises(ValueError, match="Expecting property name"):
+        read_state(again.detector_file)
+    assert EngineDetector().load_state_file(again.detector_file) == "unreadable"
 
 
 def test_state_serialiser_writes_what_json_dumps_writes() -> None:
@@ -216,5 +230,5 @@ def test_state_serialiser_writes_what_json_dumps_writes() -> None:
         "ratio": 1e-9,
         "window": np.arange(4, dtype=np.int32),
     }
-    want = json.dumps(state, default=_json_default, separators=(",", ":")).encode()
-    assert _dumps_yielding(state) == want
+    want = json.dumps(state, default=json_default, separators=(",", ":")).encode()
+    assert dumps_yielding(state) == want

@@ -1,0 +1,539 @@
+"""Detection behind the coordinator: the ``Detector`` it talks to and the engine adapter.
+
+Nothing here imports Home Assistant: ``EngineDetector`` runs either in Home Assistant's executor
+or, by default, in a process of its own (``engine_process``), which imports this module without
+the integration's package (and so without Home Assistant).
+"""
+
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from .const import LOGGER
+from .engine.describe import Behaviour, mud_profile
+from .engine.describe import describe as describe_behaviour
+from .engine.detector import Detector as EngineCore
+from .engine.detector import Verdict as EngineVerdict
+from .engine.records import DeviceEvent, FlowRecord
+from .engine.tokenizer import BOS_ID, Vocabulary, device_of
+from .model_manager import N_POSITIONS, ModelManager, TrainResult
+from .persist import read_state, write_state
+
+type StateFile = Literal["loaded", "missing", "unreadable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The detector's judgement of one flow or event of one device, as the coordinator uses it.
+
+    ``score`` is in nats over the device's calibrated threshold (0 = threshold, higher = more
+    anomalous); ``alarm`` is the engine's own decision (with its hysteresis); the coordinator
+    moves the bar for the sensitivity option and away mode, and only for warmed-up devices.
+    """
+
+    device: str
+    score: float
+    alarm: bool
+    family: str | None = None
+    explanation: str = ""
+    severity: str | None = None
+    warmed: bool = True
+    user_initiated: bool = False
+    is_event: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Description:
+    """What a device normally does, short (a sensor state) and in full."""
+
+    short: str
+    full: str
+    # what the device talks to, as an RFC 8520 (MUD)-shaped profile learnt from its flows, plus
+    # timing, volume and active hours (engine ``mud_profile``); None before any flow
+    profile: dict[str, Any] | None = None
+
+
+type Window = tuple[str, np.ndarray, float]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What the coordinator applies of a scored batch.
+
+    Per device (count, last score), the alarming verdicts that matter in order, refreshed
+    descriptions and new windows: the loop's work is per device and per alarm, not per record,
+    and so is what crosses from the detector's process.
+    """
+
+    devices: dict[str, tuple[int, float]] = field(default_factory=dict)
+    alarming: list[Verdict] = field(default_factory=list)
+    descriptions: dict[str, Description] = field(default_factory=dict)
+    windows: list[Window] = field(default_factory=list)
+
+
+def alarming(verdict: Verdict, bar: float) -> bool:
+    """Raise the bar over the engine's decision, or lower it for warmed-up devices."""
+    if bar >= 0:
+        return verdict.alarm and verdict.score >= bar
+    return verdict.alarm or (verdict.warmed and verdict.score >= bar)
+
+
+class Detector(Protocol):
+    """What the coordinator needs from the detector.
+
+    Every method runs in the executor, except the two properties, which the event loop reads
+    (they must answer at once).
+    """
+
+    @property
+    def model_version(self) -> str:
+        """Version of the model that scores, shown on the hub."""
+
+    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
+        """Score flows attributed to devices, updating their context."""
+
+    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
+        """Score device events, updating their context."""
+
+    def observe_batch(
+        self,
+        flows: Sequence[tuple[str, FlowRecord]],
+        events: Sequence[tuple[str, DeviceEvent]],
+        bars: tuple[float, float],
+        away: bool,
+    ) -> BatchResult:
+        """Score flows, then events, and reduce the verdicts to what the coordinator applies."""
+
+    def tick(self, now: float) -> list[Verdict]:
+        """Absence at ``now`` (epoch seconds): one verdict per device gone silent or stuck."""
+
+    def forget(self, key: str) -> None:
+        """Drop everything learnt about a device that is no longer watched."""
+
+    def drain_windows(self) -> list[Window]:
+        """Token windows (device, ids, ts) produced since the last call, for the window store."""
+
+    def describe(self, device: str) -> Description:
+        """Describe what the device normally does."""
+
+    def mark_normal(self, device: str) -> np.ndarray:
+        """Learn the device's recent alarming pattern as normal; return its windows (N, T)."""
+
+    def train(self, windows: np.ndarray, seed: int) -> TrainResult:
+        """Train locally on windows (N, T); raise OSError when the model could not be saved."""
+
+    def load_model(self) -> None:
+        """Read the saved model."""
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """Which scorer is active and how much the model has learnt."""
+
+    def save_state(self, path: Path) -> OSError | None:
+        """Write ``state()`` to ``path`` atomically; return the error instead of raising it."""
+
+    def load_state_file(self, path: Path) -> StateFile:
+        """Restore what ``save_state`` wrote; say whether there was a file and it was readable."""
+
+    def state(self) -> dict[str, Any]:
+        """Plain-data state (warm-up, calibration, context) that survives restarts."""
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state`` returned."""
+
+    def close(self) -> None:
+        """Let go of what the detector holds (its process); nothing is saved here."""
+
+
+class _MinuteCounts:
+    """A device's flows of the last minute, counted by destination port and by peer."""
+
+    def __init__(self) -> None:
+        self.flows: deque[tuple[float, str, int]] = deque()
+        self.ports: Counter[int] = Counter()
+        self.peers: Counter[str] = Counter()
+
+    def name(self, flow: FlowRecord, scan_ports: int, flood_flows: int) -> str | None:
+        """Add ``flow``; "port_scan" / "flood" when the minute up to it looks like one."""
+        while self.flows and self.flows[0][0] < flow.ts - 60.0:
+            _, peer, port = self.flows.popleft()
+            self.ports[port] -= 1
+            if not self.ports[port]:
+                del self.ports[port]
+            self.peers[peer] -= 1
+            if not self.peers[peer]:
+                del self.peers[peer]
+        self.flows.append((flow.ts, flow.resp_h, flow.resp_p))
+        self.ports[flow.resp_p] += 1
+        self.peers[flow.resp_h] += 1
+        if len(self.ports) >= scan_ports:
+            return "port_scan"
+        if self.peers[flow.resp_h] >= flood_flows:
+            return "flood"
+        return None
+
+
+class EngineDetector:
+    """Adapter from the engine's online ``Detector`` to the coordinator.
+
+    Adds what the engine leaves to its host: the local GIoT model and its training
+    (``ModelManager``: bigram counts score until the model beats them on the stored windows),
+    per-device descriptions (engine ``describe``), token windows for the window store (exactly
+    the sequences the engine scores: ``[BOS]`` and the device's last tokens), feedback
+    (``mark_normal`` lowers later scores of the same kind for that device by ``FEEDBACK_NATS`` at
+    once and hands the device's recent windows back to be learnt, repeated, in local training),
+    and a name for alarms the signature head leaves unnamed (many destination ports in a minute
+    is a port scan, many flows to one peer a flood) — the bundled head is untrained and names
+    nothing.
+    """
+
+    WINDOW_TOKENS = N_POSITIONS - 1  # plus [BOS]: the model's whole context
+    WINDOW_EVERY = 4
+    FEEDBACK_NATS = 8.0
+    FEEDBACK_WINDOWS = 8
+    SCAN_PORTS = 10
+    FLOOD_FLOWS = 300
+    KEEP = 1000
+    DESCRIBE_EVERY_S = 10.0
+    YIELD_EVERY_S = 0.001
+    YIELD_SLEEP_S = 0.0001
+
+    def __init__(self, directory: Path | None = None) -> None:
+        """Start with a fresh model; ``load_model`` (executor) reads the saved one."""
+        self.vocab = Vocabulary.default()
+        self.models = ModelManager(
+            directory / "model" if directory is not None else None, self.vocab
+        )
+        self.engine = EngineCore(self.models.scorer, vocab=self.vocab)
+        self._behaviours: dict[str, Behaviour] = {}
+        self._events: dict[str, Counter[str]] = {}
+        self._recent: dict[str, _MinuteCounts] = {}
+        self._dampen: dict[str, dict[str, float]] = {}
+        self._last_alarm: dict[str, str] = {}
+        self._windows: list[Window] = []
+        self._count: Counter[str] = Counter()
+        self._tail: dict[str, deque[int]] = {}
+        self._taken: dict[str, deque[np.ndarray]] = {}
+        self._keys: dict[str, str] = {}  # engine device (address, entity) -> coordinator key
+        self._described: dict[str, float] = {}  # when each device's description was refreshed
+        self._last_yield = 0.0
+
+    @property
+    def model_version(self) -> str:
+        """Version of the local model."""
+        return self.models.version
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """Which scorer is active, model size, training state."""
+        return self.models.info()
+
+    def load_model(self) -> None:
+        """Read the saved model (executor) and let it score."""
+        self.models.load()
+        self.engine.model = self.models.scorer
+
+    def _name(self, key: str, flow: FlowRecord) -> str | None:
+        """Name an alarm from the device's last minute when the signature head did not.
+
+        A busy device has thousands of flows in a minute: the window keeps counts of ports and
+        peers as flows enter and leave it, so naming costs the same for a busy device.
+        """
+        window = self._recent.get(key)
+        if window is None:
+            window = self._recent[key] = _MinuteCounts()
+        return window.name(flow, self.SCAN_PORTS, self.FLOOD_FLOWS)
+
+    def _verdict(
+        self, key: str, engine_key: str, raw: EngineVerdict, ts: float, *, warmed: bool, **kw: Any
+    ) -> Verdict:
+        kind = raw.family or kw.pop("named", None) or "unusual"
+        score = raw.score - self._dampen.get(key, {}).get(kind, 0.0)
+        alarm = raw.alarm and score >= 0
+        if alarm:
+            self._last_alarm[key] = kind
+        self._keys[engine_key] = key  # for ``tick``, whose verdicts name engine devices
+        self._count[key] += 1
+        tail = self._tail.setdefault(engine_key, deque(maxlen=self.WINDOW_TOKENS))
+        tail.extend(raw.ids)  # the record's tokens, as the engine scored them
+        if len(tail) == self.WINDOW_TOKENS and self._count[key] % self.WINDOW_EVERY == 0:
+            window = np.asarray([BOS_ID, *tail], dtype=np.int32)
+            self._windows.append((key, window, ts))
+            self._taken.setdefault(key, deque(maxlen=self.FEEDBACK_WINDOWS)).append(window)
+        return Verdict(
+            key,
+            round(score, 3),
+            alarm,
+            None if kind == "unusual" else kind,
+            raw.explanation.text if raw.explanation is not None else "",
+            raw.severity if raw.severity != "none" else None,
+            warmed,
+            **kw,
+        )
+
+    def _breathe(self) -> None:
+        """Let the event loop's thread have the GIL now and then.
+
+        Scoring is pure Python for most of its time; a thread that wants the GIL waits a whole
+        switch interval (5 ms) before CPython makes the holder let go, so the event loop would
+        stall that long whenever it wakes during a batch. A short sleep every ``YIELD_EVERY_S``
+        hands it over at once (cost: about 5% of scoring throughput).
+        """
+        now = time.perf_counter()
+        if now - self._last_yield >= self.YIELD_EVERY_S:
+            time.sleep(self.YIELD_SLEEP_S)
+            self._last_yield = time.perf_counter()
+
+    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
+        """Score the flows with the engine in one batch (the verdicts of one at a time)."""
+        named: list[str | None] = []
+        last_ts: dict[str, float | None] = {}  # each device's previous flow, batch included
+        for key, flow in items:
+            self._breathe()
+            engine_key = device_of(flow)
+            if engine_key not in last_ts:
+                state = self.engine.devices.get(engine_key)
+                last_ts[engine_key] = state.prev_ts if state is not None else None
+            behaviour = self._behaviours.setdefault(key, Behaviour())
+            behaviour.add(flow, last_ts[engine_key])
+            previous = last_ts[engine_key]
+            last_ts[engine_key] = flow.ts if previous is None else max(previous, flow.ts)
+            del behaviour.gaps[: -self.KEEP], behaviour.bytes_per_flow[: -self.KEEP]
+            named.append(self._name(key, flow))
+        raws = self.engine.process_many([flow for _, flow in items], between=self._breathe)
+        verdicts = []
+        for (key, flow), raw, name in zip(items, raws, named, strict=True):
+            self._breathe()
+            verdicts.append(
+                self._verdict(key, device_of(flow), raw, flow.ts, warmed=raw.warmed, named=name)
+            )
+        return verdicts
+
+    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
+        """Score the device events with the engine in one batch (the verdicts of one at a time)."""
+        for key, event in items:
+            self._events.setdefault(key, Counter())[f"{event.entity_id} {event.new_state}"] += 1
+        raws = self.engine.process_many([event for _, event in items], between=self._breathe)
+        verdicts = []
+        for (key, event), raw in zip(items, raws, strict=True):
+            self._breathe()
+            verdicts.append(
+                self._verdict(
+                    key,
+                    event.device_id or event.entity_id,
+                    raw,
+                    event.ts,
+                    warmed=raw.warmed,
+                    user_initiated=event.source == "user",
+                    is_event=True,
+                )
+            )
+        return verdicts
+
+    def observe_batch(
+        self,
+        flows: Sequence[tuple[str, FlowRecord]],
+        events: Sequence[tuple[str, DeviceEvent]],
+        bars: tuple[float, float],
+        away: bool,
+    ) -> BatchResult:
+        """Score a batch and reduce it to what the coordinator applies.
+
+        ``bars`` are the coordinator's bars for flows and events (``alarming``); in ``away``
+        mode whatever a user did by hand alarms too. Of the alarming verdicts, those that
+        change what the coordinator does are kept, in order: per device the first of each kind
+        (it may fire an alert; later ones of the kind in the same batch cannot, the alert's
+        hold has begun) and the last (its kind and explanation are what the device shows).
+        Descriptions are refreshed at most every ``DESCRIBE_EVERY_S`` per device.
+        """
+        verdicts = self.observe_flows(flows) if flows else []
+        if events:
+            verdicts += self.observe_events(events)
+        result = BatchResult()
+        hits: list[Verdict] = []
+        first: dict[tuple[str, str | None], int] = {}
+        last: dict[str, int] = {}
+        for verdict in verdicts:
+            count, _ = result.devices.get(verdict.device, (0, 0.0))
+            result.devices[verdict.device] = (count + 1, verdict.score)
+            if alarming(verdict, bars[verdict.is_event]) or (away and verdict.user_initiated):
+                first.setdefault((verdict.device, verdict.family), len(hits))
+                last[verdict.device] = len(hits)
+                hits.append(verdict)
+        result.alarming = [hits[i] for i in sorted({*first.values(), *last.values()})]
+        now = time.monotonic()
+        for key in result.devices:
+            if now - self._described.get(key, -math.inf) >= self.DESCRIBE_EVERY_S:
+                self._described[key] = now
+                result.descriptions[key] = self.describe(key)
+        result.windows = self.drain_windows()
+        return result
+
+    def tick(self, now: float) -> list[Verdict]:
+        """Absence verdicts of the engine at ``now``, the loudest per coordinator device.
+
+        The engine names its own devices (an address for flows, a device or entity id for
+        events); they are mapped to the coordinator's keys the way ``observe_*`` saw them.
+        Feedback counts here too: ``mark_normal`` on a silent device lowers its later absence
+        scores, so it has to stay quiet longer before it is silent again.
+        """
+        loudest: dict[str, Verdict] = {}
+        for engine_key, raw in self.engine.tick(now):
+            key = self._keys.get(engine_key, engine_key)
+            kind = raw.family or "silent"
+            score = raw.score - self._dampen.get(key, {}).get(kind, 0.0)
+            if not raw.alarm or score < 0:
+                continue
+            self._last_alarm[key] = kind
+            verdict = Verdict(
+                key,
+                round(score, 3),
+                True,
+                kind,
+                raw.explanation.text if raw.explanation is not None else "",
+                raw.severity if raw.severity != "none" else None,
+                is_event=kind == "stuck",
+            )
+            if key not in loudest or verdict.score > loudest[key].score:
+                loudest[key] = verdict
+        return list(loudest.values())
+
+    def forget(self, key: str) -> None:
+        """Drop the engine's and the adapter's state of a device no longer watched."""
+        engine_keys = {e for e, k in self._keys.items() if k == key}
+        # State saved before keys were remembered: the engine's own name for the device.
+        for name in (key, key.removeprefix("net:")):
+            if self._keys.get(name, key) == key:
+                engine_keys.add(name)
+        for engine_key in engine_keys:
+            self._keys.pop(engine_key, None)
+            self.engine.forget(engine_key)
+            self._tail.pop(engine_key, None)
+        for table in (
+            self._behaviours,
+            self._events,
+            self._recent,
+            self._dampen,
+            self._last_alarm,
+            self._taken,
+            self._count,
+            self._described,
+        ):
+            table.pop(key, None)
+
+    def drain_windows(self) -> list[Window]:
+        """Hand the new windows over."""
+        windows, self._windows = self._windows, []
+        return windows
+
+    def describe(self, device: str) -> Description:
+        """Template sentences about flows (engine ``describe``) and state changes."""
+        sentences: list[str] = []
+        if (behaviour := self._behaviours.get(device)) is not None and behaviour.flows:
+            sentences += describe_behaviour(behaviour)
+        if events := self._events.get(device):
+            total = events.total()
+            common = ", ".join(
+                f"{change} ({100 * n // total}%)" for change, n in events.most_common(3)
+            )
+            sentences.append(f"Usual changes: {common}.")
+        if not sentences:
+            return Description("Not enough data yet", "Nothing has been observed yet.")
+        profile = None
+        if behaviour is not None and behaviour.flows:
+            profile = mud_profile(device, behaviour)
+        return Description(sentences[0][:255], " ".join(sentences), profile)
+
+    def mark_normal(self, device: str) -> np.ndarray:
+        """Lower later scores of the device's last alarming kind (stacking with each mark).
+
+        Returns the device's recent windows, which local training then learns with extra weight.
+        """
+        taken = self._taken.pop(device, deque())
+        windows = np.stack(taken) if taken else np.zeros((0, self.WINDOW_TOKENS + 1), np.int32)
+        if (kind := self._last_alarm.pop(device, None)) is None:
+            return windows
+        dampen = self._dampen.setdefault(device, {})
+        dampen[kind] = dampen.get(kind, 0.0) + self.FEEDBACK_NATS
+        return windows
+
+    def train(self, windows: np.ndarray, seed: int) -> TrainResult:
+        """Train the GIoT model (and refit the bigram) on the windows; raise OSError if unsaved.
+
+        Runs on copies: scoring goes on meanwhile and switches to the new weights at the end.
+        """
+        result = self.models.train(windows, seed)
+        self.engine.model = self.models.scorer
+        return result
+
+    def state(self) -> dict[str, Any]:
+        """Engine state plus descriptions' counts and feedback."""
+        return {
+            "engine": self.engine.state_dict(),
+            "dampen": {device: dict(kinds) for device, kinds in self._dampen.items()},
+            "keys": dict(self._keys),
+            "events": {key: dict(counts) for key, counts in self._events.items()},
+            "behaviours": {
+                key: {
+                    "flows": b.flows,
+                    "services": [[*service, n] for service, n in b.services.items()],
+                    "hours": dict(b.hours),
+                    "gaps": b.gaps,
+                    "bytes": b.bytes_per_flow,
+                }
+                for key, b in self._behaviours.items()
+            },
+        }
+
+    def save_state(self, path: Path) -> OSError | None:
+        """Serialise ``state()`` and write it atomically (a failed write keeps the last file).
+
+        The state is megabytes of JSON for a busy home: written where the detector lives, it
+        never has to cross into Home Assistant's process.
+        """
+        return write_state(path, self.state())
+
+    def load_state_file(self, path: Path) -> StateFile:
+        """Restore the state ``save_state`` wrote; an unreadable file is logged and ignored."""
+        try:
+            state = read_state(path)
+        except ValueError as err:
+            LOGGER.warning("Ignoring unreadable GIoT detector state: %s", err)
+            return "unreadable"
+        if state is None:
+            return "missing"
+        self.load_state(state)
+        return "loaded"
+
+    def model_params(self) -> dict[str, np.ndarray]:
+        """Return the weights of the model that scores now (tests: the process keeps them)."""
+        return dict(self.models.model.params)
+
+    def close(self) -> None:
+        """Nothing to let go of in-process."""
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore; an engine state from another version is dropped (the engine starts fresh)."""
+        try:
+            self.engine.load_state_dict(state.get("engine", {}))
+        except ValueError as err:
+            LOGGER.warning("Starting detection afresh: %s", err)
+        self._dampen = {d: dict(v) for d, v in state.get("dampen", {}).items()}
+        self._keys = {str(e): str(k) for e, k in state.get("keys", {}).items()}
+        self._events = {d: Counter(c) for d, c in state.get("events", {}).items()}
+        for key, saved in state.get("behaviours", {}).items():
+            self._behaviours[key] = Behaviour(
+                flows=int(saved["flows"]),
+                services=Counter(
+                    {(p, int(port), sc): int(n) for p, port, sc, n in saved["services"]}
+                ),
+                hours=Counter({int(h): int(n) for h, n in saved["hours"].items()}),
+                gaps=[float(g) for g in saved["gaps"]],
+                bytes_per_flow=[int(b) for b in saved["bytes"]],
+            )
