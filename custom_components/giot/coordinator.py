@@ -764,10 +764,26 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
 
     # --- actions -----------------------------------------------------------------------------
 
+    async def _async_detector_job[**P, R](
+        self, job: Callable[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Run a detector call for an action; a detector process that died says so, translated.
+
+        The next call starts a fresh process (``ProcessDetector``), so trying again may work.
+        """
+        try:
+            return await self.hass.async_add_executor_job(partial(job, *args, **kwargs))
+        except DetectorError as err:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="detector_unavailable",
+                translation_placeholders={"error": str(err)},
+            ) from err
+
     async def async_describe(self, key: str) -> Description:
         """Describe a device now (in the executor)."""
         async with self._lock:
-            description = await self.hass.async_add_executor_job(self.detector.describe, key)
+            description = await self._async_detector_job(self.detector.describe, key)
         self.devices[key].description = description
         return description
 
@@ -778,7 +794,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         as feedback, which local training learns repeated ``FEEDBACK_REPEAT`` times.
         """
         async with self._lock:
-            windows = await self.hass.async_add_executor_job(self.detector.mark_normal, key)
+            windows = await self._async_detector_job(self.detector.mark_normal, key)
         if len(windows):
             self.windows.add(f"{FEEDBACK_PREFIX}{key}", windows, dt_util.utcnow().timestamp())
         state = self.devices[key]
@@ -828,7 +844,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             await self._async_notify()
             seed = int(dt_util.utcnow().timestamp())
             try:
-                result = await self.hass.async_add_executor_job(self.detector.train, windows, seed)
+                result = await self._async_detector_job(self.detector.train, windows, seed)
             except OSError as err:
                 self.hub.training = False
                 self._async_update_issues(dt_util.utcnow())

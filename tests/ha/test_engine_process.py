@@ -16,9 +16,12 @@ from unittest.mock import patch
 import numpy as np
 import pytest
 from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import device_registry as dr
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.giot import engine_process
+from custom_components.giot.const import DOMAIN
 from custom_components.giot.coordinator import GIoTCoordinator
 from custom_components.giot.detection import EngineDetector, alarming
 from custom_components.giot.engine.records import DeviceEvent, FlowRecord
@@ -402,3 +405,32 @@ async def test_unreadable_state_is_counted(
     assert await hass.config_entries.async_setup(giot_entry.entry_id)
     await hass.async_block_till_done()
     assert giot_entry.runtime_data.coordinator.windows.stats.corrupt_files == 1
+
+
+@pytest.mark.parametrize(
+    ("action", "method"),
+    [("describe_device", "describe"), ("mark_normal", "mark_normal"), ("train_now", "train")],
+)
+async def test_actions_say_when_the_detector_stopped(
+    hass: HomeAssistant,
+    coordinator: GIoTCoordinator,
+    camera: dr.DeviceEntry,
+    action: str,
+    method: str,
+) -> None:
+    """An action whose detector call dies with the process gets a translated error."""
+    coordinator.async_add_flows(normal_flows(time.time() - 3600))
+    await hass.async_block_till_done()
+    await coordinator._async_store_windows()
+    gone = DetectorError("GIoT's detector process stopped (exit status -9)")
+    data = {} if action == "train_now" else {"device_id": camera.id}
+    with (
+        patch.object(ProcessDetector, method, side_effect=gone),
+        pytest.raises(HomeAssistantError) as raised,
+    ):
+        await hass.services.async_call(
+            DOMAIN, action, data, blocking=True, return_response=action == "describe_device"
+        )
+    assert raised.value.translation_key == "detector_unavailable"
+    assert raised.value.translation_placeholders == {"error": str(gone)}
+    assert "restarts on the next try" in str(raised.value)
