@@ -97,6 +97,8 @@ ATTRIBUTE_SLICE = 256
 NOTIFY_SLICE = 16
 UPDATE_EVERY_S = 5.0
 WINDOW_FLUSH_S = 60.0
+GROUP_YIELD_EVERY_S = 0.001  # grouping windows in the executor hands the GIL over this often
+GROUP_YIELD_SLEEP_S = 0.0001
 # Local training: nightly at this hour when this many windows are new; feedback windows count
 # this many times in the training set.
 TRAIN_HOUR = 3
@@ -683,11 +685,11 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         """Hand buffered windows to the store, one device at a time (each add copies its array)."""
         self._windows_stored = time.monotonic()
         buffered, self._buffered_windows = self._buffered_windows, []
-        by_key: dict[str, list[tuple[np.ndarray, float]]] = {}
-        for key, window, ts in buffered:
-            by_key.setdefault(key, []).append((window, ts))
-        for key, items in by_key.items():
-            self.windows.add(key, np.stack([w for w, _ in items]), np.array([t for _, t in items]))
+        if not buffered:
+            return
+        grouped = await self.hass.async_add_executor_job(_group_windows, buffered)
+        for key, (windows, stamps) in grouped.items():
+            self.windows.add(key, windows, stamps)
             await asyncio.sleep(0)
 
     def threshold(self, *, is_event: bool) -> float:
@@ -1085,6 +1087,24 @@ def _node_from_entry(entry: ConfigEntry) -> NodeAddress | None:
 def _forget_all(detector: Detector, keys: Iterable[str]) -> None:
     for key in keys:
         detector.forget(key)
+
+
+def _group_windows(buffered: Sequence[Window]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Executor: buffered windows by device, as arrays.
+
+    A busy home buffers tens of thousands a minute: grouped on the event loop they held it for
+    10-16 ms (docs/results/ha_load.md). Here the GIL is handed over every millisecond.
+    """
+    by_key: dict[str, tuple[list[np.ndarray], list[float]]] = {}
+    handed = time.perf_counter()
+    for index, (key, window, ts) in enumerate(buffered):
+        windows, stamps = by_key.setdefault(key, ([], []))
+        windows.append(window)
+        stamps.append(ts)
+        if index % 256 == 255 and time.perf_counter() - handed > GROUP_YIELD_EVERY_S:
+            time.sleep(GROUP_YIELD_SLEEP_S)
+            handed = time.perf_counter()
+    return {key: (np.stack(w), np.asarray(t, np.float64)) for key, (w, t) in by_key.items()}
 
 
 def _free_bytes(path: str) -> int:
