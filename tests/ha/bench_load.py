@@ -211,12 +211,18 @@ class _GcPauses:
         self.pauses: list[float] = []
         self._started = 0.0
 
-    def __enter__(self) -> _GcPauses:
+    def start(self) -> _GcPauses:
         gc.callbacks.append(self._timer)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         gc.callbacks.remove(self._timer)
+
+    def __enter__(self) -> _GcPauses:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _timer(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -406,7 +412,7 @@ async def _phase(
     sender = threading.Thread(target=_send, args=(port, datagrams, stop_threads), daemon=True)
     probe = asyncio.create_task(_probe(samples, stop))
     states = asyncio.create_task(_states(hass, entities, stop))
-    gc_pauses = _GcPauses().__enter__()
+    gc_pauses = _GcPauses().start()
     profile = cProfile.Profile() if PROFILE and not trace else None
     if profile is not None:  # the event loop's thread only: what runs on the loop
         profile.enable()
@@ -443,7 +449,7 @@ async def _phase(
             for stat in tracemalloc.take_snapshot().statistics("lineno")[:15]:
                 print(stat)
         tracemalloc.stop()
-    gc_pauses.__exit__()
+    gc_pauses.stop()
     pauses = gc_pauses.pauses
     rss_after = _rss_mb()
     child_rss_after, child_cpu = _child_rss_mb(coordinator), _child_cpu_s(coordinator)
