@@ -73,7 +73,7 @@ from .detection import (
     Detector,
     EngineDetector,
     Verdict,
-    Window,
+    WindowBatch,
     alarming,
 )
 from .engine.records import DeviceEvent, FlowRecord
@@ -97,8 +97,6 @@ ATTRIBUTE_SLICE = 256
 NOTIFY_SLICE = 16
 UPDATE_EVERY_S = 5.0
 WINDOW_FLUSH_S = 60.0
-GROUP_YIELD_EVERY_S = 0.001  # grouping windows in the executor hands the GIL over this often
-GROUP_YIELD_SLEEP_S = 0.0001
 # Local training: nightly at this hour when this many windows are new; feedback windows count
 # this many times in the training set.
 TRAIN_HOUR = 3
@@ -229,7 +227,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         )
         self._raw_flows: list[FlowRecord] = []
         self._pending_flows: list[tuple[str, FlowRecord]] = []
-        self._buffered_windows: list[Window] = []
+        self._buffered_windows: list[WindowBatch] = []
         self._windows_stored = -math.inf
         self._pending_events: list[tuple[str, DeviceEvent]] = []
         self._flush_task: asyncio.Task[None] | None = None
@@ -655,7 +653,8 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
                 )
                 self.dropped += len(flows) + len(events)
                 continue
-            self._buffered_windows.extend(result.windows)
+            if len(result.windows):
+                self._buffered_windows.append(result.windows)
             self._apply(result)
             await self._async_attribute()
             if time.monotonic() - last_update >= UPDATE_EVERY_S:  # under sustained load
@@ -687,7 +686,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         buffered, self._buffered_windows = self._buffered_windows, []
         if not buffered:
             return
-        grouped = await self.hass.async_add_executor_job(_group_windows, buffered)
+        grouped = await self.hass.async_add_executor_job(WindowBatch.by_device, buffered)
         for key, (windows, stamps) in grouped.items():
             self.windows.add(key, windows, stamps)
             await asyncio.sleep(0)
@@ -1087,24 +1086,6 @@ def _node_from_entry(entry: ConfigEntry) -> NodeAddress | None:
 def _forget_all(detector: Detector, keys: Iterable[str]) -> None:
     for key in keys:
         detector.forget(key)
-
-
-def _group_windows(buffered: Sequence[Window]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Executor: buffered windows by device, as arrays.
-
-    A busy home buffers tens of thousands a minute: grouped on the event loop they held it for
-    10-16 ms (docs/results/ha_load.md). Here the GIL is handed over every millisecond.
-    """
-    by_key: dict[str, tuple[list[np.ndarray], list[float]]] = {}
-    handed = time.perf_counter()
-    for index, (key, window, ts) in enumerate(buffered):
-        windows, stamps = by_key.setdefault(key, ([], []))
-        windows.append(window)
-        stamps.append(ts)
-        if index % 256 == 255 and time.perf_counter() - handed > GROUP_YIELD_EVERY_S:
-            time.sleep(GROUP_YIELD_SLEEP_S)
-            handed = time.perf_counter()
-    return {key: (np.stack(w), np.asarray(t, np.float64)) for key, (w, t) in by_key.items()}
 
 
 def _free_bytes(path: str) -> int:

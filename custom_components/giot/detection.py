@@ -63,6 +63,54 @@ type Window = tuple[str, np.ndarray, float]
 
 
 @dataclass(slots=True)
+class WindowBatch:
+    """Token windows (N, T) with each one's device key and time, as three arrays.
+
+    A busy hub makes tens of thousands of windows a minute, and Home Assistant's process holds
+    them until the store takes them. As arrays they are three objects whatever their number (a
+    tuple per window was one more object for Python's cyclic collector to walk each time it
+    runs), they cross from the detector's process out of band, and they group by device in
+    numpy instead of a Python loop.
+    """
+
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.str_))  # (N,) device keys
+    windows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))  # (N, T)
+    stamps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (N,) epoch s
+
+    @classmethod
+    def of(cls, windows: Sequence[Window]) -> WindowBatch:
+        """Pack windows of one width."""
+        if not windows:
+            return cls()
+        return cls(
+            np.array([key for key, _, _ in windows], np.str_),
+            np.stack([window for _, window, _ in windows]).astype(np.int32, copy=False),
+            np.array([ts for _, _, ts in windows], np.float64),
+        )
+
+    def __len__(self) -> int:
+        """How many windows."""
+        return len(self.stamps)
+
+    @staticmethod
+    def by_device(batches: Sequence[WindowBatch]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Windows and times per device key, in the order they came (batches of one width)."""
+        batches = [batch for batch in batches if len(batch)]
+        if not batches:
+            return {}
+        keys = np.concatenate([batch.keys for batch in batches])
+        windows = np.concatenate([batch.windows for batch in batches])
+        stamps = np.concatenate([batch.stamps for batch in batches])
+        unique, inverse = np.unique(keys, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse, minlength=len(unique)))[:-1]
+        return {
+            str(key): (windows[rows], stamps[rows])
+            for key, rows in zip(unique, np.split(order, bounds), strict=True)
+        }
+
+
+@dataclass(slots=True)
 class BatchResult:
     """What the coordinator applies of a scored batch.
 
@@ -74,7 +122,7 @@ class BatchResult:
     devices: dict[str, tuple[int, float]] = field(default_factory=dict)
     alarming: list[Verdict] = field(default_factory=list)
     descriptions: dict[str, Description] = field(default_factory=dict)
-    windows: list[Window] = field(default_factory=list)
+    windows: WindowBatch = field(default_factory=WindowBatch)
 
 
 def alarming(verdict: Verdict, bar: float) -> bool:
@@ -116,8 +164,8 @@ class Detector(Protocol):
     def forget(self, key: str) -> None:
         """Drop everything learnt about a device that is no longer watched."""
 
-    def drain_windows(self) -> list[Window]:
-        """Token windows (device, ids, ts) produced since the last call, for the window store."""
+    def drain_windows(self) -> WindowBatch:
+        """Token windows produced since the last call, for the window store."""
 
     def describe(self, device: str) -> Description:
         """Describe what the device normally does."""
@@ -427,10 +475,10 @@ class EngineDetector:
         ):
             table.pop(key, None)
 
-    def drain_windows(self) -> list[Window]:
+    def drain_windows(self) -> WindowBatch:
         """Hand the new windows over."""
         windows, self._windows = self._windows, []
-        return windows
+        return WindowBatch.of(windows)
 
     def describe(self, device: str) -> Description:
         """Template sentences about flows (engine ``describe``) and state changes."""

@@ -52,7 +52,14 @@ from typing import Any
 import numpy as np
 
 from .const import LOGGER
-from .detection import BatchResult, Description, EngineDetector, StateFile, Verdict, Window
+from .detection import (
+    BatchResult,
+    Description,
+    EngineDetector,
+    StateFile,
+    Verdict,
+    WindowBatch,
+)
 from .engine.records import DeviceEvent, FlowRecord
 from .model_manager import TrainResult
 
@@ -90,7 +97,6 @@ importlib.import_module(spec["module"]).serve(spec)
 
 type Message = tuple[int | None, Any, Any]
 type Request = tuple[int, str, Any]
-type PackedWindows = tuple[list[str], np.ndarray, list[float]]
 
 
 class DetectorError(RuntimeError):
@@ -179,7 +185,7 @@ class _Server:
             "train": self._train,
             "stage": self._stage,
             "observe_batch": self._observe_batch,
-            "drain_windows": lambda: _pack(detector.drain_windows()),
+            "drain_windows": detector.drain_windows,
             "info": lambda: (detector.model_version, detector.model_info),
             "loaded_modules": lambda: sorted(sys.modules),
         }
@@ -244,13 +250,9 @@ class _Server:
         self._staged[0].extend(flows)
         self._staged[1].extend(events)
 
-    def _observe_batch(
-        self, bars: tuple[float, float], away: bool
-    ) -> tuple[BatchResult, PackedWindows]:
+    def _observe_batch(self, bars: tuple[float, float], away: bool) -> BatchResult:
         (flows, events), self._staged = self._staged, ([], [])
-        result = self.detector.observe_batch(flows, events, bars, away)
-        windows, result.windows = result.windows, []
-        return result, _pack(windows)
+        return self.detector.observe_batch(flows, events, bars, away)
 
 
 def _background() -> None:
@@ -279,17 +281,6 @@ def _release_memory() -> None:
     except OSError, AttributeError:
         return
     trim(0)
-
-
-def _pack(windows: list[Window]) -> PackedWindows:
-    """Windows as one array: hundreds of small arrays are slower to pickle and unpickle."""
-    stacked = np.stack([w for _, w, _ in windows]) if windows else np.zeros((0, 0), np.int32)
-    return [k for k, _, _ in windows], stacked.astype(np.int32), [t for _, _, t in windows]
-
-
-def _unpack(packed: PackedWindows) -> list[Window]:
-    keys, windows, stamps = packed
-    return list(zip(keys, windows, stamps, strict=True))
 
 
 # --- the parent -----------------------------------------------------------------------------
@@ -596,8 +587,7 @@ class ProcessDetector:
         ]
         requests += [("stage", ([], events[i : i + CHUNK])) for i in range(0, len(events), CHUNK)]
         requests.append(("observe_batch", (bars, away)))
-        result, windows = self._chunked(requests)[-1]
-        result.windows = _unpack(windows)
+        result = self._chunked(requests)[-1]
         assert isinstance(result, BatchResult)
         return result
 
@@ -610,9 +600,10 @@ class ProcessDetector:
         """Drop everything learnt about a device."""
         self._call("forget", key)
 
-    def drain_windows(self) -> list[Window]:
+    def drain_windows(self) -> WindowBatch:
         """Hand over the token windows produced since the last call."""
-        return _unpack(self._call("drain_windows"))
+        windows: WindowBatch = self._call("drain_windows")
+        return windows
 
     def describe(self, device: str) -> Description:
         """Describe what the device normally does."""
