@@ -73,7 +73,6 @@ from .detection import (
     Detector,
     EngineDetector,
     Verdict,
-    WindowBatch,
     alarming,
 )
 from .engine.records import DeviceEvent, FlowRecord
@@ -227,7 +226,6 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         )
         self._raw_flows: list[FlowRecord] = []
         self._pending_flows: list[tuple[str, FlowRecord]] = []
-        self._buffered_windows: list[WindowBatch] = []
         self._windows_stored = -math.inf
         self._pending_events: list[tuple[str, DeviceEvent]] = []
         self._flush_task: asyncio.Task[None] | None = None
@@ -653,8 +651,6 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
                 )
                 self.dropped += len(flows) + len(events)
                 continue
-            if len(result.windows):
-                self._buffered_windows.append(result.windows)
             self._apply(result)
             await self._async_attribute()
             if time.monotonic() - last_update >= UPDATE_EVERY_S:  # under sustained load
@@ -681,12 +677,21 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
                 await asyncio.sleep(0)
 
     async def _async_store_windows(self) -> None:
-        """Hand buffered windows to the store, one device at a time (each add copies its array)."""
+        """Take the detector's new windows into the store, a device at a time (an add copies).
+
+        The detector keeps them packed until now; a detector process that died lost the ones
+        since the last call (training material, not state), and its restart begins anew.
+        """
         self._windows_stored = time.monotonic()
-        buffered, self._buffered_windows = self._buffered_windows, []
-        if not buffered:
+        try:
+            async with self._lock:
+                batch = await self.hass.async_add_executor_job(self.detector.drain_windows)
+        except DetectorError as err:
+            LOGGER.debug("New windows were not taken into the store: %s", err)
             return
-        grouped = await self.hass.async_add_executor_job(WindowBatch.by_device, buffered)
+        if not len(batch):
+            return
+        grouped = await self.hass.async_add_executor_job(batch.by_device)
         for key, (windows, stamps) in grouped.items():
             self.windows.add(key, windows, stamps)
             await asyncio.sleep(0)

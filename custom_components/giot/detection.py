@@ -66,11 +66,11 @@ type Window = tuple[str, np.ndarray, float]
 class WindowBatch:
     """Token windows (N, T) with each one's device key and time, as three arrays.
 
-    A busy hub makes tens of thousands of windows a minute, and Home Assistant's process holds
-    them until the store takes them. As arrays they are three objects whatever their number (a
-    tuple per window was one more object for Python's cyclic collector to walk each time it
-    runs), they cross from the detector's process out of band, and they group by device in
-    numpy instead of a Python loop.
+    A busy hub makes tens of thousands of windows a minute. The detector keeps them packed
+    until the store asks (once a minute), so they cross from its process as one message, out of
+    band, and Home Assistant's process never holds an object per window (each one was more work
+    for Python's cyclic collector, which stops the event loop while it runs); they group by
+    device in numpy instead of a Python loop.
     """
 
     keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.str_))  # (N,) device keys
@@ -88,24 +88,31 @@ class WindowBatch:
             np.array([ts for _, _, ts in windows], np.float64),
         )
 
+    @classmethod
+    def join(cls, batches: Sequence[WindowBatch]) -> WindowBatch:
+        """One batch of several, in order (batches of one width; empty ones are skipped)."""
+        batches = [batch for batch in batches if len(batch)]
+        if len(batches) <= 1:
+            return batches[0] if batches else cls()
+        return cls(
+            np.concatenate([batch.keys for batch in batches]),
+            np.concatenate([batch.windows for batch in batches]),
+            np.concatenate([batch.stamps for batch in batches]),
+        )
+
     def __len__(self) -> int:
         """How many windows."""
         return len(self.stamps)
 
-    @staticmethod
-    def by_device(batches: Sequence[WindowBatch]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Windows and times per device key, in the order they came (batches of one width)."""
-        batches = [batch for batch in batches if len(batch)]
-        if not batches:
+    def by_device(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Windows and times per device key, each device's in the order they came."""
+        if not len(self):
             return {}
-        keys = np.concatenate([batch.keys for batch in batches])
-        windows = np.concatenate([batch.windows for batch in batches])
-        stamps = np.concatenate([batch.stamps for batch in batches])
-        unique, inverse = np.unique(keys, return_inverse=True)
+        unique, inverse = np.unique(self.keys, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(unique)))[:-1]
         return {
-            str(key): (windows[rows], stamps[rows])
+            str(key): (self.windows[rows], self.stamps[rows])
             for key, rows in zip(unique, np.split(order, bounds), strict=True)
         }
 
@@ -114,15 +121,15 @@ class WindowBatch:
 class BatchResult:
     """What the coordinator applies of a scored batch.
 
-    Per device (count, last score), the alarming verdicts that matter in order, refreshed
-    descriptions and new windows: the loop's work is per device and per alarm, not per record,
-    and so is what crosses from the detector's process.
+    Per device (count, last score), the alarming verdicts that matter in order, and refreshed
+    descriptions: the loop's work is per device and per alarm, not per record, and so is what
+    crosses from the detector's process. New windows stay in the detector until the store asks
+    (``drain_windows``).
     """
 
     devices: dict[str, tuple[int, float]] = field(default_factory=dict)
     alarming: list[Verdict] = field(default_factory=list)
     descriptions: dict[str, Description] = field(default_factory=dict)
-    windows: WindowBatch = field(default_factory=WindowBatch)
 
 
 def alarming(verdict: Verdict, bar: float) -> bool:
@@ -264,7 +271,8 @@ class EngineDetector:
         self._recent: dict[str, _MinuteCounts] = {}
         self._dampen: dict[str, dict[str, float]] = {}
         self._last_alarm: dict[str, str] = {}
-        self._windows: list[Window] = []
+        self._windows: list[Window] = []  # since the last batch ended
+        self._packed: list[WindowBatch] = []  # one per batch, until ``drain_windows``
         self._count: Counter[str] = Counter()
         self._tail: dict[str, deque[int]] = {}
         self._taken: dict[str, deque[np.ndarray]] = {}
@@ -420,7 +428,7 @@ class EngineDetector:
             if now - self._described.get(key, -math.inf) >= self.DESCRIBE_EVERY_S:
                 self._described[key] = now
                 result.descriptions[key] = self.describe(key)
-        result.windows = self.drain_windows()
+        self._pack_windows()
         return result
 
     def tick(self, now: float) -> list[Verdict]:
@@ -475,10 +483,16 @@ class EngineDetector:
         ):
             table.pop(key, None)
 
+    def _pack_windows(self) -> None:
+        if self._windows:
+            self._packed.append(WindowBatch.of(self._windows))
+            self._windows = []
+
     def drain_windows(self) -> WindowBatch:
         """Hand the new windows over."""
-        windows, self._windows = self._windows, []
-        return WindowBatch.of(windows)
+        self._pack_windows()
+        batches, self._packed = self._packed, []
+        return WindowBatch.join(batches)
 
     def describe(self, device: str) -> Description:
         """Template sentences about flows (engine ``describe``) and state changes."""

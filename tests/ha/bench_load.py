@@ -775,6 +775,7 @@ async def test_ha_load(hass: HomeAssistant) -> None:
         entities.append(entity.entity_id)
     baseline = await _baseline(hass, entities, min(SECONDS, 10.0), listened=False)
     baseline += await _baseline(hass, entities, min(SECONDS, 10.0), listened=True)
+    full_before = _full_collection()
     port = _free_udp_port()
     entry = MockConfigEntry(
         domain=DOMAIN, data={}, options={CONF_DEVICES: devices, CONF_NETFLOW_PORT: port}
@@ -822,6 +823,9 @@ async def test_ha_load(hass: HomeAssistant) -> None:
         await _phase(hass, coordinator, f"{scorer} scorer, tracemalloc", entities, 5.0, trace=True)
     )
     rss_end = _rss_mb()
+    full_after = _full_collection()
+    if os.environ.get("GIOT_BENCH_GARBAGE"):
+        print("tracked objects added:", (full_after[2] - full_before[2]).most_common(25))
     if watch is not None and beat is not None:
         watch.stop.set()
         await beat
@@ -840,6 +844,13 @@ async def test_ha_load(hass: HomeAssistant) -> None:
     )
     report += baseline
     report += (
+        f"- A full collection (``gc.collect()``, what the collector's oldest generation costs"
+        f" when it runs): {full_before[0]:.1f} ms over {full_before[1]:,} tracked objects before"
+        f" GIoT was set up, {full_after[0]:.1f} ms over {full_after[1]:,} after the phases (the"
+        " test harness freezes the objects of Home Assistant's start, which a full collection"
+        " then skips).\n"
+    )
+    report += (
         f"- Event-loop lag while training (no other load): max {train_lag[-1]:.1f} ms,"
         f" p99 {train_lag[int(0.99 * (len(train_lag) - 1))]:.2f} ms; longest GC pause"
         f" {train_gc.worst:.1f} ms; longest loop callback {train_callbacks.worst_wall_ms:.1f} ms;"
@@ -851,6 +862,17 @@ async def test_ha_load(hass: HomeAssistant) -> None:
     print(report)
     if OUT:
         await hass.async_add_executor_job(_write, Path(OUT), report)
+
+
+def _full_collection() -> tuple[float, int, Counter[str]]:
+    """How long a full collection takes now, over how many tracked objects (and their types)."""
+    gc.collect()  # garbage first: the second one walks only what is alive
+    start = time.perf_counter()
+    gc.collect()
+    took = (time.perf_counter() - start) * 1000
+    tracked = gc.get_objects()
+    kinds = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in tracked)
+    return took, len(tracked), kinds
 
 
 def _stall_split(stalls: list[Stall]) -> str:

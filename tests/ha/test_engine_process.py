@@ -138,8 +138,9 @@ def test_batches_reduce_alike(detector: ProcessDetector) -> None:
         want.alarming,
         want.descriptions,
     )
-    assert len(got.windows) > 0
-    _assert_same_windows(got.windows, want.windows)
+    windows = detector.drain_windows()
+    assert len(windows) > 0  # kept in the detector until the store asks
+    _assert_same_windows(windows, local.drain_windows())
     assert set(want.descriptions) == {"cam", "other", "lamp"}
 
     verdicts = twin.observe_flows(flows) + twin.observe_events(events)
@@ -453,7 +454,9 @@ def test_window_batches_group_by_device() -> None:
     second = WindowBatch.of([("lamp", np.arange(4) + 30, 4.0), ("cam", np.arange(4) + 40, 5.0)])
     assert len(first) == 3
     assert first.windows.dtype == np.int32
-    grouped = WindowBatch.by_device([first, WindowBatch(), second])
+    joined = WindowBatch.join([first, WindowBatch(), second])
+    assert len(joined) == 5
+    grouped = joined.by_device()
     assert sorted(grouped) == ["cam", "lamp"]
     assert all(type(key) is str for key in grouped)  # store file names, JSON keys
     cam, cam_stamps = grouped["cam"]
@@ -462,4 +465,26 @@ def test_window_batches_group_by_device() -> None:
     lamp, lamp_stamps = grouped["lamp"]
     assert lamp[:, 0].tolist() == [10, 30]
     assert lamp_stamps.tolist() == [2.0, 4.0]
-    assert WindowBatch.by_device([WindowBatch(), WindowBatch.of([])]) == {}
+    assert WindowBatch.join([first]) is first
+    assert WindowBatch.join([WindowBatch(), WindowBatch.of([])]).by_device() == {}
+
+
+async def test_windows_of_a_dead_detector_leave_the_store_as_it_was(
+    hass: HomeAssistant, coordinator: GIoTCoordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store asks the detector for its new windows; a detector that died keeps the old ones."""
+    coordinator.async_add_flows(normal_flows(time.time() - 3600))
+    await hass.async_block_till_done()
+    await coordinator._async_store_windows()
+    stored = coordinator.windows.total_windows
+    assert stored > 0
+    coordinator.async_add_flows(normal_flows(time.time() - 1800))
+    await hass.async_block_till_done()
+    gone = DetectorError("GIoT's detector process stopped (exit status -9)")
+    caplog.set_level(logging.DEBUG)
+    with patch.object(ProcessDetector, "drain_windows", side_effect=gone):
+        await coordinator._async_store_windows()
+    assert coordinator.windows.total_windows == stored
+    assert "New windows were not taken into the store" in caplog.text
+    await coordinator._async_store_windows()  # the detector still has them
+    assert coordinator.windows.total_windows > stored
