@@ -926,8 +926,9 @@ def _loop_section(phases: list[Phase]) -> str:
         "",
         "Event loop, phase by phase: the longest callbacks the loop ran (wall / the loop thread's"
         " CPU ms), GIoT's own (callbacks whose code is the integration's; GC: the collector's"
-        " pauses inside the callback), and where the time of each sleep that overshot 5 ms went (the kernel's"
-        " account of the loop thread); beside it, a bare asyncio process (no Home Assistant)"
+        " pauses inside the callback), and where the time of each sleep that overshot 5 ms"
+        " went (the kernel's account of the loop thread); beside it, a bare asyncio process"
+        " (no Home Assistant)"
         " sleeping 1 ms in a loop over the same seconds.",
         "",
         "| phase | callbacks run | over 5 ms | longest callbacks (wall / CPU ms) |"
