@@ -158,7 +158,9 @@ class DeviceAttributor:
         self._ip_to_device: dict[str, str] = {}
         self._ip_to_mac: dict[str, str] = {}
         self._dhcp_ip_to_mac: dict[str, str] = {}
-        self._dirty = True
+        self._registry_macs: dict[str, str] = {}  # MAC -> device from the device registry
+        self._registry_dirty = True  # a device was added, changed or removed
+        self._trackers_dirty = True  # a tracker's state or an entity's device changed
         self._dhcp_read_at = float("-inf")
         self._unsub: list[CALLBACK_TYPE] = []
         self._stats = AttributionStats()
@@ -184,13 +186,13 @@ class DeviceAttributor:
         known = stored.get("known", {}) if isinstance(stored, Mapping) else {}
         if isinstance(known, Mapping):
             self._known = {str(k): float(v) for k, v in known.items()}
-        self._rebuild()
+        self._fresh()
         bus = self.hass.bus
         self._unsub += [
-            bus.async_listen(dr.EVENT_DEVICE_REGISTRY_UPDATED, self._async_invalidate),
-            bus.async_listen(er.EVENT_ENTITY_REGISTRY_UPDATED, self._async_invalidate),
+            bus.async_listen(dr.EVENT_DEVICE_REGISTRY_UPDATED, self._async_registry_changed),
+            bus.async_listen(er.EVENT_ENTITY_REGISTRY_UPDATED, self._async_trackers_changed),
             bus.async_listen(
-                EVENT_STATE_CHANGED, self._async_invalidate, event_filter=_is_tracker_change
+                EVENT_STATE_CHANGED, self._async_trackers_changed, event_filter=_is_tracker_change
             ),
         ]
 
@@ -201,21 +203,35 @@ class DeviceAttributor:
         await self._store.async_save(self._data())
 
     @callback
-    def _async_invalidate(self, _event: Event[Any]) -> None:
-        self._dirty = True
+    def _async_registry_changed(self, _event: Event[Any]) -> None:
+        self._registry_dirty = True
+
+    @callback
+    def _async_trackers_changed(self, _event: Event[Any]) -> None:
+        self._trackers_dirty = True
 
     # -- cache ---------------------------------------------------------------------------------
 
-    def _rebuild(self) -> None:
-        """Fold the registries, tracker states and DHCP table into lookup tables."""
-        mac_to_device: dict[str, str] = {}
-        dev_reg = dr.async_get(self.hass)
+    def _fold_registry(self) -> None:
+        """MACs of the device registry's devices (only a device change calls for this again).
+
+        In a home of a thousand devices this is the costly part (2-3 ms on the event loop), and
+        trackers, which change all day (a phone's address), do not need it redone.
+        """
+        registry_macs: dict[str, str] = {}
         # Oldest device first: where two integrations list the same MAC, the first one wins.
-        for device in sorted(dev_reg.devices, key=lambda d: d.created_at):
+        for device in sorted(dr.async_get(self.hass).devices, key=lambda d: d.created_at):
             for kind, value in device.connections:
                 mac = normalize_mac(value) if kind == dr.CONNECTION_NETWORK_MAC else None
                 if mac is not None:
-                    mac_to_device.setdefault(mac, device.id)
+                    registry_macs.setdefault(mac, device.id)
+        self._registry_macs = registry_macs
+        self._registry_dirty = False
+        self._trackers_dirty = True
+
+    def _fold_trackers(self) -> None:
+        """Tracker states and the DHCP table over the registry's MACs, into the lookup tables."""
+        mac_to_device = dict(self._registry_macs)
         ent_reg = er.async_get(self.hass)
         ip_to_device: dict[str, str] = {}
         ip_to_mac: dict[str, str] = {}
@@ -240,7 +256,7 @@ class DeviceAttributor:
             ip_to_mac,
         )
         self._read_dhcp()
-        self._dirty = False
+        self._trackers_dirty = False
         self._stats.rebuilds += 1
 
     def _read_dhcp(self) -> None:
@@ -258,8 +274,10 @@ class DeviceAttributor:
         self._dhcp_ip_to_mac = ip_to_mac
 
     def _fresh(self) -> None:
-        if self._dirty:
-            self._rebuild()
+        if self._registry_dirty:
+            self._fold_registry()
+        if self._trackers_dirty:
+            self._fold_trackers()
 
     def _mac_of(self, ip: str) -> str | None:
         mac = self._ip_to_mac.get(ip) or self._dhcp_ip_to_mac.get(ip)

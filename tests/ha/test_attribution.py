@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from homeassistant.core import HomeAssistant
@@ -138,6 +139,31 @@ async def test_cache_follows_registry_and_trackers(hass: HomeAssistant, home: Ho
     rebuilds = attributor.stats.rebuilds
     attributor.device_for(ip="192.168.1.60")
     assert attributor.stats.rebuilds == rebuilds  # no change, no rebuild
+    await attributor.async_stop()
+
+
+async def test_tracker_moves_leave_the_device_registry_alone(
+    hass: HomeAssistant, home: Home
+) -> None:
+    """A tracker's new address refreshes the trackers only; a new device refolds the registry.
+
+    Trackers change all day (phones); a pass over a thousand devices on the event loop each time
+    would cost milliseconds.
+    """
+    attributor = DeviceAttributor(hass)
+    await attributor.async_start()
+    with patch.object(attributor, "_fold_registry", wraps=attributor._fold_registry) as fold:
+        hass.states.async_set(
+            "device_tracker.cam_nmap", "home", {"ip": "192.168.1.41", "mac": "AA-BB-CC-00-00-01"}
+        )
+        await hass.async_block_till_done()
+        assert attributor.device_for(ip="192.168.1.41") == home.camera.id
+        assert attributor.device_for(ip="192.168.1.40") is None  # its old address
+        assert fold.call_count == 0
+        plug = home.device("plug", "aa:bb:cc:00:00:09")
+        await hass.async_block_till_done()
+        assert attributor.device_for(mac="aa:bb:cc:00:00:09") == plug.id
+        assert fold.call_count == 1
     await attributor.async_stop()
 
 
