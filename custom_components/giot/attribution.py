@@ -215,7 +215,7 @@ class DeviceAttributor:
     def _fold_registry(self) -> None:
         """MACs of the device registry's devices (only a device change calls for this again).
 
-        In a home of 1,500 devices this is the costly part (3-4 ms on the event loop, against
+        In a home of 1,500 devices this is the costly part (about 3 ms on the event loop, against
         0.4 ms for the trackers: docs/results/ha_attribution.md), and trackers, which change all
         day (a phone's address), do not need it redone.
         """
