@@ -32,6 +32,7 @@ from .persist import atomic_write
 WINDOW_SUFFIX = ".npz"
 DETECTOR_FILE = "detector_state.json"
 DAY_S = 86400.0
+SPREAD_BUCKET_S = 3600.0  # over a bound, each hour of a device's history keeps an equal share
 
 
 @dataclass(slots=True)
@@ -83,6 +84,57 @@ def _write_arrays(handle: IO[bytes], *, arrays: Mapping[str, np.ndarray]) -> Non
 def _file_name(key: str) -> str:
     # Keys may be device ids or addresses ("mac:aa:bb:..."): hash them into safe, fixed names.
     return hashlib.sha256(key.encode()).hexdigest()[:32] + WINDOW_SUFFIX
+
+
+def spread_over_time(ts: np.ndarray, quota: int) -> np.ndarray:
+    """Which of these windows to keep (a mask), at most ``quota``, spread over their hours.
+
+    Hours are counted back from the newest window; every hour keeps the same number (its
+    newest), an hour with fewer keeps all of them, and what is left goes to the newest hours.
+    """
+    count = len(ts)
+    if count <= quota:
+        return np.ones(count, bool)
+    if quota <= 0:
+        return np.zeros(count, bool)
+    hours = np.floor((ts.max() - ts) / SPREAD_BUCKET_S).astype(np.int64)
+    _, bucket, sizes = np.unique(hours, return_inverse=True, return_counts=True)
+    level = _water_level(sizes, quota)
+    order = np.lexsort((-ts, bucket))  # by hour (newest hour first), newest first within it
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.empty(count, np.int64)
+    rank[order] = np.arange(count) - np.repeat(starts, sizes)
+    keep = rank < level
+    left = quota - int(keep.sum())
+    if left > 0:  # one more for the newest hours that had more than the level
+        next_in_line = np.flatnonzero(rank == level)
+        keep[next_in_line[np.argsort(-ts[next_in_line], kind="stable")[:left]]] = True
+    return keep
+
+
+def fair_shares(sizes: list[int], total: int) -> list[int]:
+    """Per device, how many windows it keeps of ``total``: the biggest give way first."""
+    counts = np.asarray(sizes, np.int64)
+    if counts.sum() <= total:
+        return sizes
+    level = _water_level(counts, total)
+    shares = np.minimum(counts, level)
+    left = total - int(shares.sum())
+    bigger = np.flatnonzero(counts > level)
+    shares[bigger[np.argsort(-counts[bigger], kind="stable")[:left]]] += 1
+    return [int(share) for share in shares]
+
+
+def _water_level(sizes: np.ndarray, quota: int) -> int:
+    """Find the largest level with ``sum(min(sizes, level)) <= quota`` (binary search)."""
+    low, high = 0, int(sizes.max())
+    while low < high:
+        middle = (low + high + 1) // 2
+        if int(np.minimum(sizes, middle).sum()) <= quota:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _now() -> float:
@@ -237,8 +289,12 @@ class WindowStore:
     def _enforce(self, now: float, only: str | None = None) -> None:
         """Apply retention and the per-device bound, then the bound on the whole store.
 
-        ``only``: the device just added to (an add must not cost a pass over every device;
-        housekeeping prunes them all).
+        Over a bound, windows are not dropped oldest first: a busy device makes its bound's worth
+        in minutes, and local training would then learn only its last minutes (at night, the
+        night). Each hour of its history keeps an equal share instead (the newest of the hour),
+        so the store spans the retention period; over the total bound the biggest devices give
+        way first, so a quiet device keeps its few. ``only``: the device just added to (an add
+        must not cost a pass over every device; housekeeping prunes them all).
         """
         cutoff = now - self.retention_days * DAY_S
         for key in list(self._devices) if only is None else [only]:
@@ -246,22 +302,23 @@ class WindowStore:
             old = entry.ts < cutoff
             self._stats.dropped_retention += int(old.sum())
             keep = ~old
-            over = int(keep.sum()) - self.max_windows_per_device
-            if over > 0:  # oldest first: ts is sorted, so drop the first survivors
-                keep[np.flatnonzero(keep)[:over]] = False
+            survivors = np.flatnonzero(keep)
+            over = len(survivors) - self.max_windows_per_device
+            if over > 0:
+                kept = spread_over_time(entry.ts[survivors], self.max_windows_per_device)
+                keep[survivors[~kept]] = False
                 self._stats.dropped_bound += over
             self._set(key, keep)
         over = self.total_windows - self.max_windows_total
         if over <= 0:
             return
         keys = list(self._devices)
-        sizes = [len(self._devices[k].ts) for k in keys]
-        stamps = np.concatenate([self._devices[k].ts for k in keys])
-        drop = np.zeros(len(stamps), bool)
-        drop[np.argsort(stamps, kind="stable")[:over]] = True
+        shares = fair_shares([len(self._devices[k].ts) for k in keys], self.max_windows_total)
+        for key, share in zip(keys, shares, strict=True):
+            ts = self._devices[key].ts
+            if share < len(ts):
+                self._set(key, spread_over_time(ts, share))
         self._stats.dropped_bound += over
-        for key, part in zip(keys, np.split(drop, np.cumsum(sizes)[:-1]), strict=True):
-            self._set(key, ~part)
 
     # -- persistence --------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
 from custom_components.giot.detection import EngineDetector
 from custom_components.giot.persist import dumps_yielding, json_default, read_state, write_state
-from custom_components.giot.store import DAY_S, WindowStore
+from custom_components.giot.store import DAY_S, WindowStore, fair_shares, spread_over_time
 
 
 @pytest.fixture
@@ -232,3 +232,47 @@ def test_state_serialiser_writes_what_json_dumps_writes() -> None:
     }
     want = json.dumps(state, default=json_default, separators=(",", ":")).encode()
     assert dumps_yielding(state) == want
+
+
+def test_over_the_bound_every_hour_keeps_a_share() -> None:
+    """A busy last hour does not push out the days before: training sees the whole period."""
+    now = 1_763_900_000.0
+    recent = now - np.linspace(0, 3000, 200)  # 200 windows in the last hour
+    earlier = np.concatenate([now - d * DAY_S - np.arange(10) for d in range(1, 6)])  # 5 days
+    ts = np.sort(np.concatenate([recent, earlier]))
+    keep = spread_over_time(ts, 40)
+    assert keep.sum() == 40
+    for day in range(1, 6):  # each earlier day (one hour of 10 windows) keeps its share
+        in_day = (ts <= now - day * DAY_S) & (ts > now - day * DAY_S - 10)
+        assert keep[in_day].sum() >= 6
+    kept_recent = keep[ts > now - 3600]
+    assert 0 < kept_recent.sum() <= 10
+    # within an hour the newest stay
+    assert keep[np.argmax(ts)]
+    assert spread_over_time(ts, 1000).all()
+    assert not spread_over_time(ts, 0).any()
+
+
+def test_fair_shares_shrink_the_biggest_first() -> None:
+    """Over the total bound a quiet device keeps its few windows; the busy ones share the rest."""
+    assert fair_shares([5, 100, 300], 205) == [5, 100, 100]
+    assert fair_shares([5, 100, 300], 1000) == [5, 100, 300]
+    shares = fair_shares([5, 101, 300], 206)
+    assert sum(shares) == 206
+    assert shares[0] == 5
+    assert abs(shares[1] - shares[2]) <= 1
+
+
+async def test_a_busy_device_does_not_erase_a_quiet_ones_past(hass: HomeAssistant) -> None:
+    """The total bound takes from the busy device, and from its busiest hours."""
+    now = time.time()
+    store = WindowStore(hass, max_windows_per_device=50, max_windows_total=50, save_delay_s=0)
+    await store.async_load()
+    store.add("quiet", _windows(10), now - DAY_S - np.arange(10) * 600.0)
+    store.add("busy", _windows(30), now - 10 * DAY_S + np.arange(30) * 60.0)  # long ago
+    store.add("busy", _windows(40), now - np.arange(40) * 1.0)  # the last minute
+    assert store.total_windows == 50
+    assert len(store.timestamps("quiet")) == 10  # oldest-first would have dropped these
+    busy = store.timestamps("busy")
+    assert len(busy) == 40
+    assert (busy < now - 9 * DAY_S).sum() >= 15  # ten days ago is still there
