@@ -104,6 +104,19 @@ class WindowBatch:
         """How many windows."""
         return len(self.stamps)
 
+    def newest(self, per_device: int) -> WindowBatch:
+        """At most ``per_device`` windows of each device, its newest, in the order they came."""
+        if not len(self):
+            return self
+        _, device = np.unique(self.keys, return_inverse=True)
+        order = np.lexsort((-self.stamps, device))  # by device, newest first within it
+        counts = np.bincount(device)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty(len(self), np.int64)
+        rank[order] = np.arange(len(self)) - np.repeat(starts, counts)
+        keep = rank < per_device
+        return WindowBatch(self.keys[keep], self.windows[keep], self.stamps[keep])
+
     def by_device(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Windows and times per device key, each device's in the order they came."""
         if not len(self):
@@ -250,6 +263,11 @@ class EngineDetector:
 
     WINDOW_TOKENS = N_POSITIONS - 1  # plus [BOS]: the model's whole context
     WINDOW_EVERY = 4
+    # Windows waiting for the store (drained once a minute): a busy home makes hundreds per
+    # device a minute, the store keeps a few per device-hour, so past this many pending the
+    # newest per device are kept (``PENDING_PER_DEVICE``) and the rest are not held at all.
+    PENDING_COMPACT_AT = 8192
+    PENDING_PER_DEVICE = 256
     FEEDBACK_NATS = 8.0
     FEEDBACK_WINDOWS = 8
     SCAN_PORTS = 10
@@ -487,6 +505,8 @@ class EngineDetector:
         if self._windows:
             self._packed.append(WindowBatch.of(self._windows))
             self._windows = []
+        if sum(len(batch) for batch in self._packed) > self.PENDING_COMPACT_AT:
+            self._packed = [WindowBatch.join(self._packed).newest(self.PENDING_PER_DEVICE)]
 
     def drain_windows(self) -> WindowBatch:
         """Hand the new windows over."""
