@@ -90,10 +90,12 @@ STORAGE_VERSION = 1
 KNOWN_ADDRESSES_KEY = f"{DOMAIN}.known_addresses"
 MAX_PENDING = 100_000
 MIN_FREE_BYTES = 50 * 1024 * 1024
-# Loop-side pacing under load: flows attributed per slice, entity updates while a backlog is
-# worked off, windows handed to the store (seconds).
-ATTRIBUTE_SLICE = 256
-NOTIFY_SLICE = 16
+# Loop-side pacing under load: flows attributed per slice and entity states written per slice
+# (each slice is one step of the loop: ~0.8 ms each here, so that two falling into one step
+# and a collector pause still stay under 5 ms), entity updates while a backlog is worked off,
+# windows handed to the store (seconds).
+ATTRIBUTE_SLICE = 128
+NOTIFY_SLICE = 8
 UPDATE_EVERY_S = 5.0
 WINDOW_FLUSH_S = 60.0
 # Local training: nightly at this hour when this many windows are new; feedback windows count

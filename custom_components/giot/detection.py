@@ -104,19 +104,6 @@ class WindowBatch:
         """How many windows."""
         return len(self.stamps)
 
-    def newest(self, per_device: int) -> WindowBatch:
-        """At most ``per_device`` windows of each device, its newest, in the order they came."""
-        if not len(self):
-            return self
-        _, device = np.unique(self.keys, return_inverse=True)
-        order = np.lexsort((-self.stamps, device))  # by device, newest first within it
-        counts = np.bincount(device)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        rank = np.empty(len(self), np.int64)
-        rank[order] = np.arange(len(self)) - np.repeat(starts, counts)
-        keep = rank < per_device
-        return WindowBatch(self.keys[keep], self.windows[keep], self.stamps[keep])
-
     def by_device(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Windows and times per device key, each device's in the order they came."""
         if not len(self):
@@ -263,10 +250,9 @@ class EngineDetector:
 
     WINDOW_TOKENS = N_POSITIONS - 1  # plus [BOS]: the model's whole context
     WINDOW_EVERY = 4
-    # Windows waiting for the store (drained once a minute): a busy home makes hundreds per
-    # device a minute, the store keeps a few per device-hour, so past this many pending the
-    # newest per device are kept (``PENDING_PER_DEVICE``) and the rest are not held at all.
-    PENDING_COMPACT_AT = 8192
+    # Windows waiting for the store (drained once a minute): a busy device makes hundreds a
+    # minute and the store keeps a few per device-hour, so each device hands over at most this
+    # many per drain (its first ones; the rest are not made into store windows at all).
     PENDING_PER_DEVICE = 256
     FEEDBACK_NATS = 8.0
     FEEDBACK_WINDOWS = 8
@@ -291,6 +277,7 @@ class EngineDetector:
         self._last_alarm: dict[str, str] = {}
         self._windows: list[Window] = []  # since the last batch ended
         self._packed: list[WindowBatch] = []  # one per batch, until ``drain_windows``
+        self._pending: Counter[str] = Counter()  # windows per device since the last drain
         self._count: Counter[str] = Counter()
         self._tail: dict[str, deque[int]] = {}
         self._taken: dict[str, deque[np.ndarray]] = {}
@@ -338,7 +325,9 @@ class EngineDetector:
         tail.extend(raw.ids)  # the record's tokens, as the engine scored them
         if len(tail) == self.WINDOW_TOKENS and self._count[key] % self.WINDOW_EVERY == 0:
             window = np.asarray([BOS_ID, *tail], dtype=np.int32)
-            self._windows.append((key, window, ts))
+            if self._pending[key] < self.PENDING_PER_DEVICE:
+                self._pending[key] += 1
+                self._windows.append((key, window, ts))
             self._taken.setdefault(key, deque(maxlen=self.FEEDBACK_WINDOWS)).append(window)
         return Verdict(
             key,
@@ -505,13 +494,12 @@ class EngineDetector:
         if self._windows:
             self._packed.append(WindowBatch.of(self._windows))
             self._windows = []
-        if sum(len(batch) for batch in self._packed) > self.PENDING_COMPACT_AT:
-            self._packed = [WindowBatch.join(self._packed).newest(self.PENDING_PER_DEVICE)]
 
     def drain_windows(self) -> WindowBatch:
         """Hand the new windows over."""
         self._pack_windows()
         batches, self._packed = self._packed, []
+        self._pending.clear()
         return WindowBatch.join(batches)
 
     def describe(self, device: str) -> Description:

@@ -185,7 +185,7 @@ class _Server:
             "train": self._train,
             "stage": self._stage,
             "observe_batch": self._observe_batch,
-            "drain_windows": detector.drain_windows,
+            "drain_windows": self._drain_windows,
             "info": lambda: (detector.model_version, detector.model_info),
             "loaded_modules": lambda: sorted(sys.modules),
         }
@@ -242,6 +242,12 @@ class _Server:
             return self.detector.save_state(path)
         finally:
             _release_memory()  # the serialised text: megabytes, several copies
+
+    def _drain_windows(self) -> WindowBatch:
+        try:
+            return self.detector.drain_windows()
+        finally:
+            _release_memory()  # a minute of windows and scoring's temporaries, freed
 
     def _stage(
         self, flows: list[tuple[str, FlowRecord]], events: list[tuple[str, DeviceEvent]]
