@@ -91,8 +91,9 @@ KNOWN_ADDRESSES_KEY = f"{DOMAIN}.known_addresses"
 MAX_PENDING = 100_000
 MIN_FREE_BYTES = 50 * 1024 * 1024
 # Loop-side pacing under load: flows attributed per slice and entity states written per slice
-# (each slice is one step of the loop: ~0.8 ms each here, so that two falling into one step
-# and a collector pause still stay under 5 ms), entity updates while a backlog is worked off,
+# (each slice is one step of the loop; attributing a flow takes ~6 us on the development VM,
+# `GIOT_BENCH_SLICES=1 scripts/bench ha-load`, so a slice of flows ~0.75 ms: two slices in one
+# step plus a collector pause stay under 5 ms), entity updates while a backlog is worked off,
 # windows handed to the store (seconds).
 ATTRIBUTE_SLICE = 128
 NOTIFY_SLICE = 8
