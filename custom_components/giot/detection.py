@@ -251,9 +251,10 @@ class EngineDetector:
     WINDOW_TOKENS = N_POSITIONS - 1  # plus [BOS]: the model's whole context
     WINDOW_EVERY = 4
     # Windows waiting for the store (drained once a minute): a busy device makes hundreds a
-    # minute and the store keeps a few per device-hour, so each device hands over at most this
-    # many per drain (its first ones; the rest are not made into store windows at all).
-    PENDING_PER_DEVICE = 256
+    # minute and the store keeps a few per device-hour (20,000 in all over the retention
+    # period), so each device hands over at most this many per drain (its first ones; the rest
+    # are not made into store windows at all).
+    PENDING_PER_DEVICE = 64
     FEEDBACK_NATS = 8.0
     FEEDBACK_WINDOWS = 8
     SCAN_PORTS = 10
