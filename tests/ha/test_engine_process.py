@@ -490,25 +490,17 @@ async def test_windows_of_a_dead_detector_leave_the_store_as_it_was(
     assert coordinator.windows.total_windows > stored
 
 
-def test_pending_windows_keep_the_newest_per_device() -> None:
-    """Past the compaction point the detector holds each device's newest windows only."""
-    batch = WindowBatch.of(
-        [("cam", np.full(4, i), float(i)) for i in range(10)]
-        + [("lamp", np.full(4, 100 + i), 50.0 - i) for i in range(3)]
-    )
-    kept = batch.newest(4)
-    assert kept.keys.tolist() == ["cam"] * 4 + ["lamp"] * 3
-    assert kept.stamps.tolist() == [6.0, 7.0, 8.0, 9.0, 50.0, 49.0, 48.0]
-    assert kept.windows[:, 0].tolist() == [6, 7, 8, 9, 100, 101, 102]
-    assert len(WindowBatch().newest(4)) == 0
-
+def test_pending_windows_are_bounded_per_device() -> None:
+    """Between two drains a device hands over at most PENDING_PER_DEVICE windows."""
     detector = EngineDetector()
-    detector.PENDING_COMPACT_AT, detector.PENDING_PER_DEVICE = 64, 16
+    detector.PENDING_PER_DEVICE = 16
     start = time.time() - 20000
-    for offset in range(0, 1200, 200):
-        detector.observe_batch(
-            [("cam", f) for f in normal_flows(start + offset * 10, 200)], [], (0.0, 0.0), False
-        )
+    flows = [("cam", f) for f in normal_flows(start, 400)] + [
+        ("lamp", f) for f in normal_flows(start + 5000, 400)
+    ]
+    detector.observe_batch(flows, [], (0.0, 0.0), False)
     drained = detector.drain_windows()
-    assert 0 < len(drained) <= 64 + 16  # compacted once past 64, then one more batch at most
-    assert np.all(np.diff(drained.stamps[-16:]) >= 0)
+    assert sorted(drained.by_device()) == ["cam", "lamp"]
+    assert all(len(windows) == 16 for windows, _ in drained.by_device().values())
+    detector.observe_batch([("cam", f) for f in normal_flows(start + 9000, 200)], [], (0, 0), False)
+    assert len(detector.drain_windows()) == 16  # counted afresh after a drain
