@@ -66,11 +66,11 @@ type Window = tuple[str, np.ndarray, float]
 class WindowBatch:
     """Token windows (N, T) with each one's device key and time, as three arrays.
 
-    A busy hub makes tens of thousands of windows a minute. The detector keeps them packed
-    until the store asks (once a minute), so they cross from its process as one message, out of
-    band, and Home Assistant's process never holds an object per window (each one was more work
-    for Python's cyclic collector, which stops the event loop while it runs); they group by
-    device in numpy instead of a Python loop.
+    The detector keeps new windows until the store asks (once a minute) and packs them then,
+    so they cross from its process as one message, out of band, and Home Assistant's process
+    never holds an object per window (each one was more work for Python's cyclic collector,
+    which stops the event loop while it runs); they group by device in numpy instead of a
+    Python loop.
     """
 
     keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.str_))  # (N,) device keys
@@ -86,18 +86,6 @@ class WindowBatch:
             np.array([key for key, _, _ in windows], np.str_),
             np.stack([window for _, window, _ in windows]).astype(np.int32, copy=False),
             np.array([ts for _, _, ts in windows], np.float64),
-        )
-
-    @classmethod
-    def join(cls, batches: Sequence[WindowBatch]) -> WindowBatch:
-        """One batch of several, in order (batches of one width; empty ones are skipped)."""
-        batches = [batch for batch in batches if len(batch)]
-        if len(batches) <= 1:
-            return batches[0] if batches else cls()
-        return cls(
-            np.concatenate([batch.keys for batch in batches]),
-            np.concatenate([batch.windows for batch in batches]),
-            np.concatenate([batch.stamps for batch in batches]),
         )
 
     def __len__(self) -> int:
@@ -276,8 +264,7 @@ class EngineDetector:
         self._recent: dict[str, _MinuteCounts] = {}
         self._dampen: dict[str, dict[str, float]] = {}
         self._last_alarm: dict[str, str] = {}
-        self._windows: list[Window] = []  # since the last batch ended
-        self._packed: list[WindowBatch] = []  # one per batch, until ``drain_windows``
+        self._windows: list[Window] = []  # until ``drain_windows`` (bounded per device)
         self._pending: Counter[str] = Counter()  # windows per device since the last drain
         self._count: Counter[str] = Counter()
         self._tail: dict[str, deque[int]] = {}
@@ -436,7 +423,6 @@ class EngineDetector:
             if now - self._described.get(key, -math.inf) >= self.DESCRIBE_EVERY_S:
                 self._described[key] = now
                 result.descriptions[key] = self.describe(key)
-        self._pack_windows()
         return result
 
     def tick(self, now: float) -> list[Verdict]:
@@ -491,17 +477,11 @@ class EngineDetector:
         ):
             table.pop(key, None)
 
-    def _pack_windows(self) -> None:
-        if self._windows:
-            self._packed.append(WindowBatch.of(self._windows))
-            self._windows = []
-
     def drain_windows(self) -> WindowBatch:
         """Hand the new windows over."""
-        self._pack_windows()
-        batches, self._packed = self._packed, []
+        windows, self._windows = self._windows, []
         self._pending.clear()
-        return WindowBatch.join(batches)
+        return WindowBatch.of(windows)
 
     def describe(self, device: str) -> Description:
         """Template sentences about flows (engine ``describe``) and state changes."""
