@@ -14,38 +14,10 @@ something common to learn.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-
-
-def _alias_engine() -> None:
-    """Make ``giot_engine`` importable where the repository's symlink is missing.
-
-    ``flwr run`` ships the app as a FAB, and Flower's FAB builder skips symlinks, so inside a
-    SuperLink/SuperExec run only ``custom_components/giot/engine`` exists. Importing it through
-    ``custom_components.giot`` would import Home Assistant; this registers the engine folder
-    itself under the name the server code uses. ``fl_server.client_app`` imports this module
-    before any engine module, so the alias is in place in time.
-    """
-    if "giot_engine" in sys.modules or importlib.util.find_spec("giot_engine") is not None:
-        return
-    engine = Path(__file__).resolve().parents[1] / "custom_components" / "giot" / "engine"
-    spec = importlib.util.spec_from_file_location(
-        "giot_engine", engine / "__init__.py", submodule_search_locations=[str(engine)]
-    )
-    if spec is None or spec.loader is None:
-        return
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["giot_engine"] = module
-    spec.loader.exec_module(module)
-
-
-_alias_engine()
 
 Windows = npt.NDArray[np.int64]
 Source = Callable[[int, int, Mapping[str, object]], Windows]

@@ -32,8 +32,9 @@ from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.storage import Store
 
+from giot_engine.records import FlowRecord
+
 from .const import DOMAIN, LOGGER
-from .engine.records import FlowRecord
 
 STORAGE_VERSION = 1
 SAVE_DELAY_S = 10.0

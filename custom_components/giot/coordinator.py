@@ -4,7 +4,7 @@ Collectors push flows and device events into the coordinator from the event loop
 queues them, hands them to the detector in batches from the executor (one batch at a time, because
 the detector keeps per-device state and is not thread-safe), turns what comes back into
 per-device alarms and alert events, and keeps the hub-level state the hub entities show. The
-detector scores and trains in a process of its own (``engine_process``), off Home Assistant's GIL.
+detector scores and trains in a process of its own (``detector_process``), off Home Assistant's GIL.
 """
 
 import asyncio
@@ -33,6 +33,18 @@ from homeassistant.helpers.event import (
 from homeassistant.helpers.storage import Store
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 from homeassistant.util import dt as dt_util
+
+from giot_engine.detector_process import DetectorError, ProcessDetector
+from giot_engine.hub_detector import (
+    BatchResult,
+    Description,
+    HubDetector,
+    HubVerdict,
+    InProcessDetector,
+    alarming,
+)
+from giot_engine.model_manager import N_POSITIONS, TrainResult
+from giot_engine.records import DeviceEvent, FlowRecord
 
 from .attribution import DeviceAttributor, NewAddress, is_lan_ip
 from .const import (
@@ -67,17 +79,6 @@ from .const import (
     Sensitivity,
     Severity,
 )
-from .detection import (
-    BatchResult,
-    Description,
-    Detector,
-    EngineDetector,
-    Verdict,
-    alarming,
-)
-from .engine.records import DeviceEvent, FlowRecord
-from .engine_process import DetectorError, ProcessDetector
-from .model_manager import N_POSITIONS, TrainResult
 from .netflow_listener import NetFlowListener
 from .state_collector import MonitoredSelection, StateCollector
 from .store import WindowStore
@@ -202,7 +203,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         self,
         hass: HomeAssistant,
         entry: GIoTConfigEntry,
-        detector: Detector | None = None,
+        detector: HubDetector | None = None,
     ) -> None:
         """Prepare the coordinator; ``async_start`` loads state and starts the sources."""
         self.retention = timedelta(
@@ -211,7 +212,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
         self.windows = WindowStore(
             hass, retention_days=self.retention.days, save_delay_s=SAVE_DELAY_S
         )
-        self.detector: Detector = detector or ProcessDetector(self.windows.directory)
+        self.detector: HubDetector = detector or ProcessDetector(self.windows.directory)
         self.devices: dict[str, DeviceState] = {}
         self.hub = HubState()
         self.sensitivity = Sensitivity(entry.options.get(CONF_SENSITIVITY, DEFAULT_SENSITIVITY))
@@ -321,7 +322,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
                 raise
             LOGGER.warning("GIoT detects in Home Assistant's process instead: %s", err)
             await self.hass.async_add_executor_job(self.detector.close)
-            self.detector = EngineDetector(self.windows.directory)
+            self.detector = InProcessDetector(self.windows.directory)
             await self.hass.async_add_executor_job(self.detector.load_model)
         loaded = await self.hass.async_add_executor_job(
             self.detector.load_state_file, self.windows.detector_file
@@ -978,7 +979,7 @@ class GIoTCoordinator(DataUpdateCoordinator[dict[str, DeviceState]]):
             await self._async_notify()
 
     @callback
-    def _apply_absence(self, verdicts: Sequence[Verdict], now: datetime) -> bool:
+    def _apply_absence(self, verdicts: Sequence[HubVerdict], now: datetime) -> bool:
         """Turn absence alarms on (one alert per episode and hold) and off; True if any moved."""
         absent = {
             verdict.device: verdict
@@ -1091,7 +1092,7 @@ def _node_from_entry(entry: ConfigEntry) -> NodeAddress | None:
     return NodeAddress(host, int(port)) if host and port else None
 
 
-def _forget_all(detector: Detector, keys: Iterable[str]) -> None:
+def _forget_all(detector: HubDetector, keys: Iterable[str]) -> None:
     for key in keys:
         detector.forget(key)
 

@@ -18,9 +18,10 @@ from typing import Any, override
 
 from homeassistant.core import HomeAssistant, callback
 
+from giot_engine.netflow import NetFlowDecoder
+from giot_engine.records import FlowRecord
+
 from .const import LOGGER
-from .engine.netflow import NetFlowDecoder
-from .engine.records import FlowRecord
 
 DEFAULT_PORT = 2055
 MAX_DATAGRAM = 16384  # v5 is at most 1464 bytes; v9/IPFIX exporters stay within a (jumbo) MTU

@@ -26,8 +26,9 @@ from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.event import async_track_state_change_event
 
+from giot_engine.records import DeviceEvent, EventSource
+
 from .const import DOMAIN, LOGGER
-from .engine.records import DeviceEvent, EventSource
 
 MAX_ATTRIBUTE_LENGTH = 64
 

@@ -7,7 +7,7 @@ leaves the previous version in place; a failed write is counted and reported thr
 ``disk_full`` so the coordinator can raise a repair instead of failing silently (Home Assistant's
 ``Store`` logs write errors and swallows them, which is why these files are written here). The
 detector's state file sits beside the windows, but the detector reads and writes it itself (in its
-own process, see ``engine_process``): the store only counts how that went.
+own process, see ``detector_process``): the store only counts how that went.
 """
 
 import errno
@@ -26,8 +26,9 @@ import numpy as np
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers.event import async_call_later
 
+from giot_engine.persist import atomic_write
+
 from .const import DOMAIN, LOGGER
-from .persist import atomic_write
 
 WINDOW_SUFFIX = ".npz"
 DETECTOR_FILE = "detector_state.json"

@@ -21,9 +21,10 @@ from typing import IO, Any
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers.event import async_track_time_interval
 
+from giot_engine.records import FlowRecord, ParseStats
+from giot_engine.zeek import ZeekLogParser
+
 from .const import LOGGER
-from .engine.records import FlowRecord, ParseStats
-from .engine.zeek import ZeekLogParser
 
 DEFAULT_INTERVAL = timedelta(seconds=5)
 CHUNK = 1 << 20

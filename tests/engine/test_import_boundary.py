@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ENGINE = Path(__file__).parents[2] / "custom_components" / "giot" / "engine"
+ENGINE = Path(__file__).parents[2] / "engine" / "src" / "giot_engine"
 ALLOWED_THIRD_PARTY = {"numpy"}
 FORBIDDEN = ["homeassistant", "torch", "onnxruntime", "onnx", "flwr", "transformers", "tokenizers"]
 

@@ -51,8 +51,8 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.giot.const import CONF_DEVICES, CONF_NETFLOW_PORT, DOMAIN
 from custom_components.giot.coordinator import GIoTCoordinator
-from custom_components.giot.engine.records import FlowRecord
-from custom_components.giot.engine_process import ProcessDetector
+from giot_engine.detector_process import ProcessDetector
+from giot_engine.records import FlowRecord
 from tests.engine.netflow_packets import build_v9
 
 pytestmark = pytest.mark.usefixtures("socket_enabled")

@@ -22,7 +22,7 @@ from syrupy.assertion import SnapshotAssertion
 import custom_components.giot
 from custom_components.giot.const import CONF_DEVICES, DOMAIN
 from custom_components.giot.coordinator import GIoTCoordinator
-from custom_components.giot.engine.records import FlowRecord
+from giot_engine.records import FlowRecord
 
 CAMERA_MAC = "aa:bb:cc:dd:ee:01"
 CAMERA_IP = "192.168.1.50"

@@ -16,7 +16,7 @@ from custom_components.giot.attribution import (
     announceable_ip,
     normalize_mac,
 )
-from custom_components.giot.engine.records import FlowRecord
+from giot_engine.records import FlowRecord
 
 
 @dataclass

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from custom_components.giot.engine.context import ContextScorer
-from custom_components.giot.engine.detector import BigramModel
-from custom_components.giot.engine.model import GIoTConfig, GIoTModel
-from custom_components.giot.model_manager import BlendScorer
+from giot_engine.context import ContextScorer
+from giot_engine.detector import BigramModel
+from giot_engine.model import GIoTConfig, GIoTModel
+from giot_engine.model_manager import BlendScorer
 
 VOCAB = 40
 

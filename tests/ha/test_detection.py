@@ -25,8 +25,8 @@ from pytest_homeassistant_custom_component.common import (
 
 from custom_components.giot.const import ALARM_HOLD
 from custom_components.giot.coordinator import GIoTCoordinator, NodeAddress
-from custom_components.giot.detection import EngineDetector
-from custom_components.giot.engine.records import DeviceEvent, FlowRecord
+from giot_engine.hub_detector import InProcessDetector
+from giot_engine.records import DeviceEvent, FlowRecord
 
 from .conftest import CAMERA_ENTITY, REMOTE, normal_flows, scan_flows
 
@@ -216,7 +216,7 @@ async def test_mark_normal_clears_alarm(hass: HomeAssistant, coordinator: GIoTCo
 
 def test_mark_normal_lowers_later_scores_of_that_kind() -> None:
     """Two detectors see the same stream; the one told "normal" scores that kind 8 nats lower."""
-    plain, taught = EngineDetector(), EngineDetector()
+    plain, taught = InProcessDetector(), InProcessDetector()
     start = 1_700_000_000.0
     warm = [("cam", f) for f in normal_flows(start)]
     first = [("cam", f) for f in scan_flows(start + 1210)]
@@ -229,7 +229,7 @@ def test_mark_normal_lowers_later_scores_of_that_kind() -> None:
     later_plain = plain.observe_flows(again)
     later_taught = taught.observe_flows(again)
     diffs = [p.score - t.score for p, t in zip(later_plain, later_taught, strict=True)]
-    assert np.allclose([d for d in diffs if d], EngineDetector.FEEDBACK_NATS, atol=1e-3)
+    assert np.allclose([d for d in diffs if d], InProcessDetector.FEEDBACK_NATS, atol=1e-3)
     assert any(diffs)
     assert sum(v.alarm for v in later_taught) <= sum(v.alarm for v in later_plain)
 
@@ -326,7 +326,7 @@ async def test_backlog_is_bounded(hass: HomeAssistant, coordinator: GIoTCoordina
 
 def test_flood_is_named_and_stale_state_dropped() -> None:
     """Many flows to one peer in a minute make a flood; a state of another version is dropped."""
-    detector = EngineDetector()
+    detector = InProcessDetector()
     detector.load_state({"engine": {"version": -1}})
     start = 1_700_000_000.0
     detector.observe_flows([("cam", f) for f in normal_flows(start)])

@@ -23,7 +23,7 @@ from custom_components.giot.const import (
     NO_DATA_AFTER,
 )
 from custom_components.giot.coordinator import GIoTCoordinator, NodeAddress
-from custom_components.giot.engine.records import FlowRecord
+from giot_engine.records import FlowRecord
 
 from .conftest import CAMERA_ENTITY, CAMERA_IP, CAMERA_MAC, normal_flows, scan_flows
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator, Callable, Generator
 import pytest
 from homeassistant.core import HomeAssistant
 
-from custom_components.giot.engine.records import FlowRecord
 from custom_components.giot.netflow_listener import NetFlowListener, async_check_port_free
+from giot_engine.records import FlowRecord
 from giot_engine.records import FlowRecord as WireRecord
 from tests.engine.netflow_packets import build_ipfix, build_v5, build_v9
 

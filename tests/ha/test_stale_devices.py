@@ -20,7 +20,7 @@ from custom_components.giot.const import (
     DOMAIN,
 )
 from custom_components.giot.coordinator import FEEDBACK_PREFIX, GIoTCoordinator
-from custom_components.giot.engine.records import FlowRecord
+from giot_engine.records import FlowRecord
 
 from .conftest import CAMERA_IP, REMOTE, normal_flows, scan_flows
 

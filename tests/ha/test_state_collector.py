@@ -10,7 +10,6 @@ from homeassistant.helpers import label_registry as lr
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.giot.const import DOMAIN
-from custom_components.giot.engine.records import DeviceEvent
 from custom_components.giot.state_collector import (
     MonitoredSelection,
     StateCollector,
@@ -18,6 +17,7 @@ from custom_components.giot.state_collector import (
     async_resolve_monitored_entities,
     numeric_change,
 )
+from giot_engine.records import DeviceEvent
 
 
 class Registry:

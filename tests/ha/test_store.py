@@ -14,9 +14,9 @@ from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
-from custom_components.giot.detection import EngineDetector
-from custom_components.giot.persist import dumps_yielding, json_default, read_state, write_state
 from custom_components.giot.store import DAY_S, WindowStore, fair_shares, spread_over_time
+from giot_engine.hub_detector import InProcessDetector
+from giot_engine.persist import dumps_yielding, json_default, read_state, write_state
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ async def test_detector_state_round_trip_and_full_disk(hass: HomeAssistant) -> N
         "devices": {"192.168.1.20": {"seen": 42, "calib": [1.5, 2.0]}},
     }
 
-    with patch("custom_components.giot.persist.write_json", side_effect=_disk_full):
+    with patch("giot_engine.persist.write_json", side_effect=_disk_full):
         err = write_state(path, {"version": 2})
     assert isinstance(err, OSError)
     assert err.errno == errno.ENOSPC
@@ -213,7 +213,7 @@ async def test_unreadable_files_are_skipped(hass: HomeAssistant) -> None:
     assert not (store.windows_dir / ".leftover.npz.123.tmp").exists()
     with pytest.raises(ValueError, match="Expecting property name"):
         read_state(again.detector_file)
-    assert EngineDetector().load_state_file(again.detector_file) == "unreadable"
+    assert InProcessDetector().load_state_file(again.detector_file) == "unreadable"
 
 
 def test_state_serialiser_writes_what_json_dumps_writes() -> None:

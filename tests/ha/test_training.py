@@ -19,14 +19,14 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry, async_
 
 from custom_components.giot.const import DOMAIN
 from custom_components.giot.coordinator import FEEDBACK_PREFIX, GIoTCoordinator
-from custom_components.giot.detection import EngineDetector
-from custom_components.giot.engine.model import GIoTModel
-from custom_components.giot.engine_process import ProcessDetector
+from giot_engine.detector_process import ProcessDetector
+from giot_engine.hub_detector import InProcessDetector
+from giot_engine.model import GIoTModel
 
 from .conftest import CAMERA_ENTITY, normal_flows, scan_flows
 
 MODEL = "sensor.giot_model_version"
-CONFIG = EngineDetector().models.config
+CONFIG = InProcessDetector().models.config
 
 
 def _detector(coordinator: GIoTCoordinator) -> ProcessDetector:
@@ -46,7 +46,7 @@ def _nll(params: dict[str, np.ndarray], windows: np.ndarray) -> float:
 @pytest.fixture
 def in_process() -> Generator[None]:
     """Detect in Home Assistant's process, where a test can patch what the model does."""
-    with patch("custom_components.giot.coordinator.ProcessDetector", EngineDetector):
+    with patch("custom_components.giot.coordinator.ProcessDetector", InProcessDetector):
         yield
 
 
@@ -142,10 +142,10 @@ async def test_mark_normal_lowers_the_pattern_and_survives_restart(
         DOMAIN, "mark_normal", {"entity_id": CAMERA_ENTITY}, blocking=True
     )
     after = _detector(coordinator).state()
-    assert after["dampen"] == {device: {"port_scan": EngineDetector.FEEDBACK_NATS}}
+    assert after["dampen"] == {device: {"port_scan": InProcessDetector.FEEDBACK_NATS}}
 
     def _replay(state: dict[str, Any]) -> list[float]:
-        detector = EngineDetector()  # same untrained model as the hub's
+        detector = InProcessDetector()  # same untrained model as the hub's
         detector.load_state(state)
         flows = [(device, flow) for flow in scan_flows(end + 400)]
         return [verdict.score for verdict in detector.observe_flows(flows)]
@@ -153,7 +153,7 @@ async def test_mark_normal_lowers_the_pattern_and_survives_restart(
     plain, taught = _replay(before), _replay(after)
     diffs = [p - t for p, t in zip(plain, taught, strict=True)]
     assert sum(1 for d in diffs if d) >= 15  # the flows named a port scan
-    assert np.allclose([d for d in diffs if d], EngineDetector.FEEDBACK_NATS, atol=1e-3)
+    assert np.allclose([d for d in diffs if d], InProcessDetector.FEEDBACK_NATS, atol=1e-3)
 
     assert await hass.config_entries.async_reload(init_integration.entry_id)
     await hass.async_block_till_done()
@@ -207,7 +207,7 @@ async def test_failed_write_keeps_previous_model(
     await _feed(hass, coordinator)
     await hass.services.async_call(DOMAIN, "train_now", {}, blocking=True)
     detector = coordinator.detector
-    assert isinstance(detector, EngineDetector)
+    assert isinstance(detector, InProcessDetector)
     params = {name: value.copy() for name, value in detector.models.model.params.items()}
     files = {p.name: p.read_bytes() for p in _model_dir(hass).iterdir()}
 

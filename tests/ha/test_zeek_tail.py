@@ -9,9 +9,9 @@ from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
-from custom_components.giot.engine.records import FlowRecord
-from custom_components.giot.engine.zeek import CONN_FIELDS
 from custom_components.giot.zeek_tail import TailStatus, ZeekTail, async_check_readable
+from giot_engine.records import FlowRecord
+from giot_engine.zeek import CONN_FIELDS
 
 HEADER = (
     "#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n"

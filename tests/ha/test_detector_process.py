@@ -20,12 +20,12 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.giot import engine_process
 from custom_components.giot.const import DOMAIN
 from custom_components.giot.coordinator import GIoTCoordinator
-from custom_components.giot.detection import EngineDetector, WindowBatch, alarming
-from custom_components.giot.engine.records import DeviceEvent, FlowRecord
-from custom_components.giot.engine_process import CHUNK, DetectorError, ProcessDetector
+from giot_engine import detector_process
+from giot_engine.detector_process import CHUNK, DetectorError, ProcessDetector
+from giot_engine.hub_detector import InProcessDetector, WindowBatch, alarming
+from giot_engine.records import DeviceEvent, FlowRecord
 
 from .conftest import CAMERA_IP, CAMERA_MAC, normal_flows, scan_flows
 
@@ -83,7 +83,7 @@ def test_child_scores_like_in_process(detector: ProcessDetector) -> None:
 
     Flows go to the child in chunks of ``CHUNK``; in-process they are one batch.
     """
-    local = EngineDetector()
+    local = InProcessDetector()
     detector.load_model()
     local.load_model()
     assert detector.model_version == local.model_version == "giot-untrained"
@@ -122,7 +122,7 @@ def test_batches_reduce_alike(detector: ProcessDetector) -> None:
     Per device the first alarming verdict of each kind (it may fire an alert) and the last (what
     the device shows): the coordinator applies the same as with every alarming verdict.
     """
-    local, twin = EngineDetector(), EngineDetector()
+    local, twin = InProcessDetector(), InProcessDetector()
     detector.load_model()
     start = time.time() - 20000
     warm = [("cam", f) for f in normal_flows(start, 300)]
@@ -169,11 +169,10 @@ def test_child_imports_no_home_assistant(detector: ProcessDetector) -> None:
     modules = detector.loaded_modules()
     assert "homeassistant" in sys.modules  # the tests' own process has it
     assert [name for name in modules if name.split(".")[0] == "homeassistant"] == []
-    assert "custom_components.giot.engine.detector" in modules
-    giot = {name for name in modules if name.startswith("custom_components.giot.")}
-    # not the package's __init__ (Home Assistant) nor the coordinator, collectors or entities
-    assert giot.isdisjoint({"custom_components.giot.coordinator", "custom_components.giot.store"})
-    assert "custom_components.giot.engine_process" in giot
+    assert "giot_engine.detector" in modules
+    assert "giot_engine.detector_process" in modules
+    # nothing of the integration: not its __init__ (Home Assistant), coordinator or entities
+    assert [name for name in modules if name.startswith("custom_components")] == []
     assert os.getpriority(os.PRIO_PROCESS, detector.pid or 0) > os.getpriority(os.PRIO_PROCESS, 0)
 
 
@@ -214,7 +213,7 @@ def test_close_kills_a_child_busy_too_long(detector: ProcessDetector) -> None:
     assert pid is not None
     flows, _ = _stream(time.time() - 20000)
     busy = detector._submit("observe_flows", flows * 4)  # seconds of scoring in one request
-    with patch.object(engine_process, "STOP_TIMEOUT_S", 0.01):
+    with patch.object(detector_process, "STOP_TIMEOUT_S", 0.01):
         detector.close()
     assert not Path(f"/proc/{pid}").exists()
     with pytest.raises(DetectorError, match="was stopped"):
@@ -224,7 +223,7 @@ def test_close_kills_a_child_busy_too_long(detector: ProcessDetector) -> None:
 def test_no_interpreter_is_an_error(detector: ProcessDetector, tmp_path: Path) -> None:
     """A child that cannot be started at all is a DetectorError, not an OSError."""
     with (
-        patch.object(engine_process.sys, "executable", str(tmp_path / "no-python")),
+        patch.object(detector_process.sys, "executable", str(tmp_path / "no-python")),
         pytest.raises(DetectorError, match="could not start"),
     ):
         detector.load_model()
@@ -235,7 +234,7 @@ def test_child_exits_when_home_assistant_dies(tmp_path: Path) -> None:
     """A parent killed without closing anything leaves no orphan: the child sees EOF, exits."""
     script = (
         "import os\n"
-        "from custom_components.giot.engine_process import ProcessDetector\n"
+        "from giot_engine.detector_process import ProcessDetector\n"
         "detector = ProcessDetector(None)\n"
         "detector.load_model()\n"
         "print(detector.pid, flush=True)\n"
@@ -295,7 +294,7 @@ def test_children_dying_young_are_restarted_later(tmp_path: Path) -> None:
     """A child that dies at once is not restarted in a loop: the delay grows."""
     detector = ProcessDetector(tmp_path)
     try:
-        with patch.object(engine_process, "BOOTSTRAP", "raise SystemExit(3)"):
+        with patch.object(detector_process, "BOOTSTRAP", "raise SystemExit(3)"):
             with pytest.raises(DetectorError, match="exit status 3"):
                 detector.load_model()
             with pytest.raises(DetectorError, match="exit status 3"):
@@ -390,11 +389,11 @@ async def test_no_process_means_detection_in_home_assistant(
     hass: HomeAssistant, giot_entry: MockConfigEntry, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Where no child process can run, GIoT detects in Home Assistant's executor instead."""
-    with patch.object(engine_process, "BOOTSTRAP", "raise SystemExit(3)"):
+    with patch.object(detector_process, "BOOTSTRAP", "raise SystemExit(3)"):
         assert await hass.config_entries.async_setup(giot_entry.entry_id)
         await hass.async_block_till_done()
     coordinator = giot_entry.runtime_data.coordinator
-    assert isinstance(coordinator.detector, EngineDetector)
+    assert isinstance(coordinator.detector, InProcessDetector)
     assert "GIoT detects in Home Assistant's process instead" in caplog.text
     coordinator.async_add_flows(normal_flows(time.time() - 3600, 10))
     await hass.async_block_till_done()
@@ -488,7 +487,7 @@ async def test_windows_of_a_dead_detector_leave_the_store_as_it_was(
 
 def test_pending_windows_are_bounded_per_device() -> None:
     """Between two drains a device hands over at most PENDING_PER_DEVICE windows."""
-    detector = EngineDetector()
+    detector = InProcessDetector()
     detector.PENDING_PER_DEVICE = 16
     start = time.time() - 20000
     flows = [("cam", f) for f in normal_flows(start, 400)] + [

@@ -15,9 +15,12 @@ the whole directory was written and swapped in (temporary directory, fsync, rena
 write (a full disk) leaves both the file and the scoring model as they were.
 """
 
+from __future__ import annotations
+
 import ctypes
 import errno
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from .const import LOGGER
-from .engine.detector import BigramModel
-from .engine.model import GIoTConfig, GIoTModel, KVCache
-from .engine.tokenizer import Vocabulary
-from .engine.train import AdamW, train_windows
+from .detector import BigramModel
+from .model import GIoTConfig, GIoTModel, KVCache
+from .tokenizer import Vocabulary
+from .train import AdamW, train_windows
+
+LOGGER = logging.getLogger(__name__)
 
 # docs/results/cost.md, recommended default: width 64, 2 layers, 2 heads, 64 positions.
 N_EMBD = 64

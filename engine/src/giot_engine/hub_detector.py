@@ -1,35 +1,39 @@
-"""Detection behind the coordinator: the ``Detector`` it talks to and the engine adapter.
+"""Detection behind the coordinator: the ``HubDetector`` it talks to and the engine adapter.
 
-Nothing here imports Home Assistant: ``EngineDetector`` runs either in Home Assistant's executor
-or, by default, in a process of its own (``engine_process``), which imports this module without
+Nothing here imports Home Assistant: ``InProcessDetector`` runs either in Home Assistant's executor
+or, by default, in a process of its own (``detector_process``), which imports this module without
 the integration's package (and so without Home Assistant).
 """
 
+from __future__ import annotations
+
+import logging
 import math
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 import numpy as np
 
-from .const import LOGGER
-from .engine.describe import Behaviour, mud_profile
-from .engine.describe import describe as describe_behaviour
-from .engine.detector import Detector as EngineCore
-from .engine.detector import Verdict as EngineVerdict
-from .engine.records import DeviceEvent, FlowRecord
-from .engine.tokenizer import BOS_ID, Vocabulary, device_of
+from .describe import Behaviour, mud_profile
+from .describe import describe as describe_behaviour
+from .detector import Detector
+from .detector import Verdict as EngineVerdict
 from .model_manager import N_POSITIONS, ModelManager, TrainResult
 from .persist import read_state, write_state
+from .records import DeviceEvent, FlowRecord
+from .tokenizer import BOS_ID, Vocabulary, device_of
 
-type StateFile = Literal["loaded", "missing", "unreadable"]
+LOGGER = logging.getLogger(__name__)
+
+StateFile: TypeAlias = Literal["loaded", "missing", "unreadable"]
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class HubVerdict:
     """The detector's judgement of one flow or event of one device, as the coordinator uses it.
 
     ``score`` is in nats over the device's calibrated threshold (0 = threshold, higher = more
@@ -59,7 +63,7 @@ class Description:
     profile: dict[str, Any] | None = None
 
 
-type Window = tuple[str, np.ndarray, float]
+Window: TypeAlias = tuple[str, np.ndarray, float]
 
 
 @dataclass(slots=True)
@@ -116,18 +120,18 @@ class BatchResult:
     """
 
     devices: dict[str, tuple[int, float]] = field(default_factory=dict)
-    alarming: list[Verdict] = field(default_factory=list)
+    alarming: list[HubVerdict] = field(default_factory=list)
     descriptions: dict[str, Description] = field(default_factory=dict)
 
 
-def alarming(verdict: Verdict, bar: float) -> bool:
+def alarming(verdict: HubVerdict, bar: float) -> bool:
     """Raise the bar over the engine's decision, or lower it for warmed-up devices."""
     if bar >= 0:
         return verdict.alarm and verdict.score >= bar
     return verdict.alarm or (verdict.warmed and verdict.score >= bar)
 
 
-class Detector(Protocol):
+class HubDetector(Protocol):
     """What the coordinator needs from the detector.
 
     Every method runs in the executor, except the two properties, which the event loop reads
@@ -138,10 +142,10 @@ class Detector(Protocol):
     def model_version(self) -> str:
         """Version of the model that scores, shown on the hub."""
 
-    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
+    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[HubVerdict]:
         """Score flows attributed to devices, updating their context."""
 
-    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
+    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[HubVerdict]:
         """Score device events, updating their context."""
 
     def observe_batch(
@@ -153,7 +157,7 @@ class Detector(Protocol):
     ) -> BatchResult:
         """Score flows, then events, and reduce the verdicts to what the coordinator applies."""
 
-    def tick(self, now: float) -> list[Verdict]:
+    def tick(self, now: float) -> list[HubVerdict]:
         """Absence at ``now`` (epoch seconds): one verdict per device gone silent or stuck."""
 
     def forget(self, key: str) -> None:
@@ -222,8 +226,8 @@ class _MinuteCounts:
         return None
 
 
-class EngineDetector:
-    """Adapter from the engine's online ``Detector`` to the coordinator.
+class InProcessDetector:
+    """Adapter from the engine's online ``HubDetector`` to the coordinator.
 
     Adds what the engine leaves to its host: the local GIoT model and its training
     (``ModelManager``: bigram counts score until the model beats them on the stored windows),
@@ -258,7 +262,7 @@ class EngineDetector:
         self.models = ModelManager(
             directory / "model" if directory is not None else None, self.vocab
         )
-        self.engine = EngineCore(self.models.scorer, vocab=self.vocab)
+        self.engine = Detector(self.models.scorer, vocab=self.vocab)
         self._behaviours: dict[str, Behaviour] = {}
         self._events: dict[str, Counter[str]] = {}
         self._recent: dict[str, _MinuteCounts] = {}
@@ -301,7 +305,7 @@ class EngineDetector:
 
     def _verdict(
         self, key: str, engine_key: str, raw: EngineVerdict, ts: float, *, warmed: bool, **kw: Any
-    ) -> Verdict:
+    ) -> HubVerdict:
         kind = raw.family or kw.pop("named", None) or "unusual"
         score = raw.score - self._dampen.get(key, {}).get(kind, 0.0)
         alarm = raw.alarm and score >= 0
@@ -317,7 +321,7 @@ class EngineDetector:
                 self._pending[key] += 1
                 self._windows.append((key, window, ts))
             self._taken.setdefault(key, deque(maxlen=self.FEEDBACK_WINDOWS)).append(window)
-        return Verdict(
+        return HubVerdict(
             key,
             round(score, 3),
             alarm,
@@ -341,7 +345,7 @@ class EngineDetector:
             time.sleep(self.YIELD_SLEEP_S)
             self._last_yield = time.perf_counter()
 
-    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
+    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[HubVerdict]:
         """Score the flows with the engine in one batch (the verdicts of one at a time)."""
         named: list[str | None] = []
         last_ts: dict[str, float | None] = {}  # each device's previous flow, batch included
@@ -366,7 +370,7 @@ class EngineDetector:
             )
         return verdicts
 
-    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
+    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[HubVerdict]:
         """Score the device events with the engine in one batch (the verdicts of one at a time)."""
         for key, event in items:
             self._events.setdefault(key, Counter())[f"{event.entity_id} {event.new_state}"] += 1
@@ -407,7 +411,7 @@ class EngineDetector:
         if events:
             verdicts += self.observe_events(events)
         result = BatchResult()
-        hits: list[Verdict] = []
+        hits: list[HubVerdict] = []
         first: dict[tuple[str, str | None], int] = {}
         last: dict[str, int] = {}
         for verdict in verdicts:
@@ -425,7 +429,7 @@ class EngineDetector:
                 result.descriptions[key] = self.describe(key)
         return result
 
-    def tick(self, now: float) -> list[Verdict]:
+    def tick(self, now: float) -> list[HubVerdict]:
         """Absence verdicts of the engine at ``now``, the loudest per coordinator device.
 
         The engine names its own devices (an address for flows, a device or entity id for
@@ -433,7 +437,7 @@ class EngineDetector:
         Feedback counts here too: ``mark_normal`` on a silent device lowers its later absence
         scores, so it has to stay quiet longer before it is silent again.
         """
-        loudest: dict[str, Verdict] = {}
+        loudest: dict[str, HubVerdict] = {}
         for engine_key, raw in self.engine.tick(now):
             key = self._keys.get(engine_key, engine_key)
             kind = raw.family or "silent"
@@ -441,7 +445,7 @@ class EngineDetector:
             if not raw.alarm or score < 0:
                 continue
             self._last_alarm[key] = kind
-            verdict = Verdict(
+            verdict = HubVerdict(
                 key,
                 round(score, 3),
                 True,

@@ -2,15 +2,14 @@
 
 Scoring and training are CPU work, much of it in Python: run in Home Assistant's executor they
 share the GIL with the event loop, which then waits up to a switch interval (5 ms) whenever it
-wakes during a batch. ``ProcessDetector`` runs an ``EngineDetector`` in a child process instead
-and is the coordinator's ``Detector`` over two pipes:
+wakes during a batch. ``ProcessDetector`` runs an ``InProcessDetector`` in a child process instead
+and is the coordinator's ``HubDetector`` over two pipes:
 
 - The child is started with ``subprocess`` and a few lines of bootstrap, not ``multiprocessing``
-  (whose spawn imports the parent's ``__main__`` and this package's ``__init__``: all of Home
-  Assistant). The bootstrap takes the parent's ``sys.path`` and registers the integration's
-  packages as bare modules, so the child imports this module, ``detection`` and the engine
-  (numpy and the standard library) and nothing else. Module names are the same on both sides, so
-  records and verdicts pickle across.
+  (whose spawn imports the parent's ``__main__``: all of Home Assistant). The bootstrap takes the
+  parent's ``sys.path`` and imports this module, so the child loads ``giot_engine`` (numpy and
+  the standard library) and nothing else; records and verdicts pickle across under the same
+  module names on both sides.
 - Requests ``(id, method, args)`` and replies ``(id, ok, value)`` are pickles framed by
   ``multiprocessing.connection.Connection``; a reader thread resolves the callers' futures. The
   callers are executor threads and block; the event loop never waits on the child (the two
@@ -27,6 +26,8 @@ and is the coordinator's ``Detector`` over two pipes:
   one, which loads the model and the last saved state again (what was learnt since that save is
   lost; nothing stored is). Children that keep dying young are restarted with a growing delay.
 """
+
+from __future__ import annotations
 
 import ctypes
 import itertools
@@ -47,22 +48,22 @@ from concurrent.futures import Future
 from contextlib import suppress
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
-from .const import LOGGER
-from .detection import (
+from .hub_detector import (
     BatchResult,
     Description,
-    EngineDetector,
+    HubVerdict,
+    InProcessDetector,
     StateFile,
-    Verdict,
     WindowBatch,
 )
-from .engine.records import DeviceEvent, FlowRecord
 from .model_manager import TrainResult
+from .records import DeviceEvent, FlowRecord
 
+LOGGER = logging.getLogger(__name__)
 CHUNK = 256  # records per request: well under a millisecond to pickle or unpickle
 NICE = 5
 STOP_TIMEOUT_S = 5.0
@@ -80,23 +81,19 @@ CHILD_ENV = {
     "MALLOC_ARENA_MAX": "1",
 }
 
-# Run by ``python -c`` with one argument, a JSON spec (see ``_Child``).
+# Run by ``python -c`` with one argument, a JSON spec (see ``_Child``). The child searches the
+# parent's module path, so it imports the very ``giot_engine`` Home Assistant loaded, wherever
+# Home Assistant installed its requirements.
 BOOTSTRAP = """\
-import importlib, json, sys, types
+import json, sys
 spec = json.loads(sys.argv[1])
 sys.path[:] = spec["path"]
-for name, path in spec["packages"]:
-    module = types.ModuleType(name)
-    module.__path__ = path
-    sys.modules[name] = module
-    parent, _, child = name.rpartition(".")
-    if parent:
-        setattr(sys.modules[parent], child, module)
-importlib.import_module(spec["module"]).serve(spec)
+from giot_engine.detector_process import serve
+serve(spec)
 """
 
-type Message = tuple[int | None, Any, Any]
-type Request = tuple[int, str, Any]
+Message: TypeAlias = tuple[int | None, Any, Any]
+Request: TypeAlias = tuple[int, str, Any]
 
 
 class DetectorError(RuntimeError):
@@ -154,7 +151,7 @@ class _Forward(logging.Handler):
 
 
 class _Server:
-    """The child's side: an ``EngineDetector`` and the methods the parent may call."""
+    """The child's side: an ``InProcessDetector`` and the methods the parent may call."""
 
     def __init__(self, replies: Connection, directory: str | None, log_level: int) -> None:
         self._replies = replies
@@ -165,7 +162,7 @@ class _Server:
         root.handlers[:] = [_Forward(self._send)]
         root.setLevel(log_level)
         logging.captureWarnings(True)
-        self.detector = EngineDetector(Path(directory) if directory is not None else None)
+        self.detector = InProcessDetector(Path(directory) if directory is not None else None)
         # No event loop shares this interpreter: scoring need not hand the GIL over.
         self.detector.YIELD_EVERY_S = math.inf
         detector = self.detector
@@ -202,7 +199,7 @@ class _Server:
         while True:
             try:
                 call_id, method, args = _receive(requests)
-            except EOFError, OSError:
+            except (EOFError, OSError):
                 return
             if method == "train":
                 threading.Thread(
@@ -284,7 +281,7 @@ def _release_memory() -> None:
     """
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except OSError, AttributeError:
+    except (OSError, AttributeError):
         return
     trim(0)
 
@@ -372,7 +369,7 @@ def _read(replies: Connection, calls: _Calls, proc: subprocess.Popen[bytes]) -> 
         while True:
             try:
                 call_id, ok, value = replies.recv()
-            except EOFError, OSError:
+            except (EOFError, OSError):
                 break
             except Exception:  # a reply that does not unpickle: its caller cannot be told
                 LOGGER.exception("GIoT's detector process sent an unreadable reply")
@@ -400,20 +397,13 @@ class _Child:
     def __init__(self, directory: Path | None, nice: int) -> None:
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
-        package = __name__.rpartition(".")[0]
-        parts = package.split(".")
         spec = {
             "path": list(sys.path),
-            "packages": [
-                [name, list(sys.modules[name].__path__)]
-                for name in (".".join(parts[: i + 1]) for i in range(len(parts)))
-            ],
-            "module": __name__,
             "requests": request_r,
             "replies": reply_w,
             "directory": str(directory) if directory is not None else None,
             "nice": nice,
-            "log_level": LOGGER.getEffectiveLevel(),
+            "log_level": logging.getLogger("giot_engine").getEffectiveLevel(),
         }
         try:
             self.proc = subprocess.Popen(
@@ -463,7 +453,7 @@ class _Child:
 
 
 class ProcessDetector:
-    """The coordinator's ``Detector``, scoring and training in a child process.
+    """The coordinator's ``HubDetector``, scoring and training in a child process.
 
     Every method blocks its (executor) thread until the child answered; ``model_version`` and
     ``model_info`` answer at once from what the child said after loading the model, training and
@@ -539,7 +529,7 @@ class ProcessDetector:
                     time.sleep(BREATHE_S)  # hand the GIL to the event loop between pickles
         return [future.result() for future in futures]
 
-    def _observe(self, method: str, items: Sequence[Any]) -> list[Verdict]:
+    def _observe(self, method: str, items: Sequence[Any]) -> list[HubVerdict]:
         """Score in requests of ``CHUNK`` records."""
         chunks = [(method, (items[i : i + CHUNK],)) for i in range(0, len(items), CHUNK)]
         return [verdict for verdicts in self._chunked(chunks) for verdict in verdicts]
@@ -557,7 +547,7 @@ class ProcessDetector:
         if child is not None:
             child.stop()
 
-    # -- the Detector protocol ----------------------------------------------------------------
+    # -- the HubDetector protocol ----------------------------------------------------------------
 
     @property
     def model_version(self) -> str:
@@ -569,11 +559,11 @@ class ProcessDetector:
         """Which scorer is active, model size, training state, as the child said last."""
         return self._info
 
-    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[Verdict]:
+    def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[HubVerdict]:
         """Score flows attributed to devices, updating their context."""
         return self._observe("observe_flows", items) if items else []
 
-    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[Verdict]:
+    def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[HubVerdict]:
         """Score device events, updating their context."""
         return self._observe("observe_events", items) if items else []
 
@@ -597,9 +587,9 @@ class ProcessDetector:
         assert isinstance(result, BatchResult)
         return result
 
-    def tick(self, now: float) -> list[Verdict]:
+    def tick(self, now: float) -> list[HubVerdict]:
         """Absence at ``now``."""
-        verdicts: list[Verdict] = self._call("tick", now)
+        verdicts: list[HubVerdict] = self._call("tick", now)
         return verdicts
 
     def forget(self, key: str) -> None:

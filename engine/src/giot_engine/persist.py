@@ -1,9 +1,11 @@
 """Atomic files and the GIL-friendly JSON writer, without Home Assistant.
 
 The window store (in Home Assistant's process) and the detector (in its own process, see
-``engine_process``) both write files here: all or nothing (temporary file, fsync, ``os.replace``),
+``detector_process``) both write files here: all or nothing (temporary file, fsync, ``os.replace``),
 so a crash or a full disk leaves the previous version in place.
 """
+
+from __future__ import annotations
 
 import json
 import os
