@@ -81,18 +81,6 @@ class AttributionStats:
     ips: int = 0
     rebuilds: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values for diagnostics (counts only: addresses stay out of diagnostics)."""
-        return {
-            "flows": self.flows,
-            "attributed": self.attributed,
-            "new_devices": self.new_devices,
-            "known_addresses": self.known_addresses,
-            "macs": self.macs,
-            "ips": self.ips,
-            "rebuilds": self.rebuilds,
-        }
-
 
 def normalize_mac(value: object) -> str | None:
     """Lower-case colon form of a MAC address, None if it is not one."""

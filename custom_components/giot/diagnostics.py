@@ -6,6 +6,8 @@ from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 
+from giot_engine.records import counts_dict
+
 from .const import CONF_NODE_HOST, CONF_ZEEK_PATH
 from .coordinator import GIoTConfigEntry
 
@@ -39,13 +41,13 @@ async def async_get_config_entry_diagnostics(
             }
         )
     sources: dict[str, Any] = {
-        "state_collector": coordinator.state_collector.stats.as_dict(),
-        "attribution": coordinator.attributor.stats.as_dict(),
+        "state_collector": counts_dict(coordinator.state_collector.stats),
+        "attribution": counts_dict(coordinator.attributor.stats),
     }
     if coordinator.netflow is not None:
-        sources["netflow"] = coordinator.netflow.stats.as_dict()
+        sources["netflow"] = counts_dict(coordinator.netflow.stats)
     if coordinator.zeek is not None:
-        sources["zeek"] = {"status": coordinator.zeek.status, **coordinator.zeek.stats.as_dict()}
+        sources["zeek"] = {"status": coordinator.zeek.status, **counts_dict(coordinator.zeek.stats)}
     return async_redact_data(
         {
             "entry": {"data": dict(entry.data), "options": dict(entry.options)},
@@ -62,7 +64,7 @@ async def async_get_config_entry_diagnostics(
             "devices": devices,
             "sources": sources,
             "failing_sources": sorted(coordinator.source_errors),  # details hold paths
-            "store": coordinator.windows.stats.as_dict(),
+            "store": counts_dict(coordinator.windows.stats),
             "dropped": coordinator.dropped,
             "refused_network_devices": coordinator.refused_devices,
         },

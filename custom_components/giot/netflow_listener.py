@@ -18,6 +18,7 @@ from typing import Any, override
 
 from homeassistant.core import HomeAssistant, callback
 
+from giot_engine.gil import GilYielder
 from giot_engine.netflow import NetFlowDecoder
 from giot_engine.records import FlowRecord
 
@@ -29,7 +30,6 @@ MAX_BACKLOG = 4096  # datagrams waiting for the decoder; beyond this a flood is 
 MAX_BATCH = 512  # datagrams per executor job
 MAX_EXPORTERS = 1024  # distinct senders counted for diagnostics
 YIELD_EVERY_S = 0.002  # decoding lets the event loop have the GIL this often
-YIELD_SLEEP_S = 0.0001
 RECEIVE_BUFFER = 1 << 20  # ask the kernel to absorb bursts while the loop is busy
 
 
@@ -54,23 +54,6 @@ class ListenerStats:
     def total_rejected(self) -> int:
         """All rejected or dropped datagrams."""
         return sum(self.rejected.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values for diagnostics."""
-        return {
-            "datagrams": self.datagrams,
-            "bytes": self.bytes,
-            "accepted": self.accepted,
-            "rejected": dict(self.rejected),
-            "flows": self.flows,
-            "lost_flows": self.lost_flows,
-            "lost_packets": self.lost_packets,
-            "sequence_resets": self.sequence_resets,
-            "templates": self.templates,
-            "exporters": self.exporters,
-            "socket_errors": self.socket_errors,
-            "callback_errors": self.callback_errors,
-        }
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -231,14 +214,10 @@ class NetFlowListener:
     def _decode(self, batch: list[tuple[bytes, str, float]]) -> list[FlowRecord]:
         """Executor side: decode a batch in arrival order (the decoder never raises)."""
         flows: list[FlowRecord] = []
-        last_yield = time.perf_counter()
+        gil = GilYielder(YIELD_EVERY_S)
         for data, exporter, received_at in batch:
             flows.extend(self.decoder.decode(data, exporter, received_at))
-            if time.perf_counter() - last_yield >= YIELD_EVERY_S:
-                # Hand the GIL to the event loop, which would otherwise wait a whole switch
-                # interval (5 ms) for this pure-Python loop to let go.
-                time.sleep(YIELD_SLEEP_S)
-                last_yield = time.perf_counter()
+            gil.maybe_yield()
         return flows
 
 

@@ -101,15 +101,6 @@ class CollectorStats:
     callback_errors: int = 0
     monitored: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values for diagnostics."""
-        return {
-            "accepted": self.accepted,
-            "ignored": dict(self.ignored),
-            "callback_errors": self.callback_errors,
-            "monitored": self.monitored,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class MonitoredSelection:

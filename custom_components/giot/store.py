@@ -52,22 +52,6 @@ class StoreStats:
     corrupt_files: int = 0
     last_error: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values for diagnostics."""
-        return {
-            "windows": self.windows,
-            "devices": self.devices,
-            "added": self.added,
-            "dropped_retention": self.dropped_retention,
-            "dropped_bound": self.dropped_bound,
-            "rejected": dict(self.rejected),
-            "writes": self.writes,
-            "write_errors": self.write_errors,
-            "disk_full_errors": self.disk_full_errors,
-            "corrupt_files": self.corrupt_files,
-            "last_error": self.last_error,
-        }
-
 
 @dataclass(slots=True)
 class _DeviceWindows:

@@ -53,18 +53,6 @@ class TailStats:
     truncations: int = 0
     callback_errors: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values for diagnostics."""
-        return {
-            "accepted": self.parse.accepted,
-            "rejected": dict(self.parse.rejected),
-            "bytes_read": self.bytes_read,
-            "polls": self.polls,
-            "rotations": self.rotations,
-            "truncations": self.truncations,
-            "callback_errors": self.callback_errors,
-        }
-
 
 @dataclass(slots=True)
 class _PollResult:

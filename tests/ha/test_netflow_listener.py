@@ -8,8 +8,7 @@ import pytest
 from homeassistant.core import HomeAssistant
 
 from custom_components.giot.netflow_listener import NetFlowListener, async_check_port_free
-from giot_engine.records import FlowRecord
-from giot_engine.records import FlowRecord as WireRecord
+from giot_engine.records import FlowRecord, counts_dict
 from tests.engine.netflow_packets import build_ipfix, build_v5, build_v9
 
 # pytest-socket (through Home Assistant's test plugin) blocks sockets unless a test asks for them.
@@ -19,10 +18,10 @@ EXPORT = 1_763_900_100
 LOCALHOST = "127.0.0.1"
 
 
-def records(n: int, *, mac: str | None = None) -> list[WireRecord]:
+def records(n: int, *, mac: str | None = None) -> list[FlowRecord]:
     """Flows as an exporter would report them (whole milliseconds, before the export time)."""
     return [
-        WireRecord(
+        FlowRecord(
             ts=EXPORT - 10 + i + 0.25,
             orig_h="192.168.1.20",
             orig_p=50000 + i,
@@ -187,7 +186,7 @@ async def test_malformed_and_oversize_are_counted(
     assert stats.rejected["oversize"] == 1
     assert stats.total_rejected == 4
     assert stats.accepted == 1
-    assert stats.as_dict()["rejected"]["oversize"] == 1
+    assert counts_dict(stats)["rejected"]["oversize"] == 1
 
 
 async def test_backlog_bound(hass: HomeAssistant) -> None:

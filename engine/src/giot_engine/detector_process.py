@@ -52,6 +52,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from .gil import GilYielder, yield_gil
 from .hub_detector import (
     BatchResult,
     Description,
@@ -69,8 +70,7 @@ NICE = 5
 STOP_TIMEOUT_S = 5.0
 YOUNG_S = 60.0  # a child that dies younger than this counts towards the restart delay
 MAX_DELAY_S = 300.0
-BREATHE_EVERY_S = 0.001
-BREATHE_S = 0.0001
+YIELD_EVERY_S = 0.001
 # Environment of the child: GIoT's matrices are tiny; BLAS threads would only spin on cores
 # Home Assistant needs (model_manager.limit_blas_threads says more).
 # One malloc arena (glibc; musl has none): the training thread's own arena kept ~12 MB of RSS.
@@ -164,7 +164,7 @@ class _Server:
         logging.captureWarnings(True)
         self.detector = InProcessDetector(Path(directory) if directory is not None else None)
         # No event loop shares this interpreter: scoring need not hand the GIL over.
-        self.detector.YIELD_EVERY_S = math.inf
+        self.detector.gil = GilYielder(math.inf)
         detector = self.detector
         self._handlers: dict[str, Callable[..., Any]] = {
             "observe_flows": detector.observe_flows,
@@ -364,7 +364,7 @@ def _read(replies: Connection, calls: _Calls, proc: subprocess.Popen[bytes]) -> 
     It holds neither the request pipe nor the detector: a detector dropped without ``close``
     closes the request pipe, the child exits, and so does this thread.
     """
-    handed = time.perf_counter()
+    gil = GilYielder(YIELD_EVERY_S)
     try:
         while True:
             try:
@@ -383,9 +383,7 @@ def _read(replies: Connection, calls: _Calls, proc: subprocess.Popen[bytes]) -> 
             else:
                 calls.resolve(call_id, ok, value)
             # Unpickling is work too: let the event loop's thread have the GIL now and then.
-            if time.perf_counter() - handed >= BREATHE_EVERY_S:
-                time.sleep(BREATHE_S)
-                handed = time.perf_counter()
+            gil.maybe_yield()
     finally:
         replies.close()
         calls.fail(proc.wait())
@@ -526,7 +524,7 @@ class ProcessDetector:
             for method, args in requests:
                 futures.append(child.submit(method, args))
                 if len(requests) > 1:
-                    time.sleep(BREATHE_S)  # hand the GIL to the event loop between pickles
+                    yield_gil()  # let the event loop in between pickles
         return [future.result() for future in futures]
 
     def _observe(self, method: str, items: Sequence[Any]) -> list[HubVerdict]:

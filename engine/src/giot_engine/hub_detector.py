@@ -22,6 +22,7 @@ from .describe import Behaviour, mud_profile
 from .describe import describe as describe_behaviour
 from .detector import Detector
 from .detector import Verdict as EngineVerdict
+from .gil import GilYielder
 from .model_manager import N_POSITIONS, ModelManager, TrainResult
 from .persist import read_state, write_state
 from .records import DeviceEvent, FlowRecord
@@ -254,7 +255,6 @@ class InProcessDetector:
     KEEP = 1000
     DESCRIBE_EVERY_S = 10.0
     YIELD_EVERY_S = 0.001
-    YIELD_SLEEP_S = 0.0001
 
     def __init__(self, directory: Path | None = None) -> None:
         """Start with a fresh model; ``load_model`` (executor) reads the saved one."""
@@ -275,7 +275,7 @@ class InProcessDetector:
         self._taken: dict[str, deque[np.ndarray]] = {}
         self._keys: dict[str, str] = {}  # engine device (address, entity) -> coordinator key
         self._described: dict[str, float] = {}  # when each device's description was refreshed
-        self._last_yield = 0.0
+        self.gil = GilYielder(self.YIELD_EVERY_S)
 
     @property
     def model_version(self) -> str:
@@ -332,25 +332,12 @@ class InProcessDetector:
             **kw,
         )
 
-    def _breathe(self) -> None:
-        """Let the event loop's thread have the GIL now and then.
-
-        Scoring is pure Python for most of its time; a thread that wants the GIL waits a whole
-        switch interval (5 ms) before CPython makes the holder let go, so the event loop would
-        stall that long whenever it wakes during a batch. A short sleep every ``YIELD_EVERY_S``
-        hands it over at once (cost: about 5% of scoring throughput).
-        """
-        now = time.perf_counter()
-        if now - self._last_yield >= self.YIELD_EVERY_S:
-            time.sleep(self.YIELD_SLEEP_S)
-            self._last_yield = time.perf_counter()
-
     def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[HubVerdict]:
         """Score the flows with the engine in one batch (the verdicts of one at a time)."""
         named: list[str | None] = []
         last_ts: dict[str, float | None] = {}  # each device's previous flow, batch included
         for key, flow in items:
-            self._breathe()
+            self.gil.maybe_yield()
             engine_key = device_of(flow)
             if engine_key not in last_ts:
                 state = self.engine.devices.get(engine_key)
@@ -361,10 +348,10 @@ class InProcessDetector:
             last_ts[engine_key] = flow.ts if previous is None else max(previous, flow.ts)
             del behaviour.gaps[: -self.KEEP], behaviour.bytes_per_flow[: -self.KEEP]
             named.append(self._name(key, flow))
-        raws = self.engine.process_many([flow for _, flow in items], between=self._breathe)
+        raws = self.engine.process_many([flow for _, flow in items], between=self.gil.maybe_yield)
         verdicts = []
         for (key, flow), raw, name in zip(items, raws, named, strict=True):
-            self._breathe()
+            self.gil.maybe_yield()
             verdicts.append(
                 self._verdict(key, device_of(flow), raw, flow.ts, warmed=raw.warmed, named=name)
             )
@@ -374,10 +361,10 @@ class InProcessDetector:
         """Score the device events with the engine in one batch (the verdicts of one at a time)."""
         for key, event in items:
             self._events.setdefault(key, Counter())[f"{event.entity_id} {event.new_state}"] += 1
-        raws = self.engine.process_many([event for _, event in items], between=self._breathe)
+        raws = self.engine.process_many([event for _, event in items], between=self.gil.maybe_yield)
         verdicts = []
         for (key, event), raw in zip(items, raws, strict=True):
-            self._breathe()
+            self.gil.maybe_yield()
             verdicts.append(
                 self._verdict(
                     key,

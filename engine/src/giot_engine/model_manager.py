@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .detector import BigramModel
+from .gil import yield_gil
 from .model import GIoTConfig, GIoTModel, KVCache
 from .tokenizer import Vocabulary
 from .train import AdamW, train_windows
@@ -54,7 +55,6 @@ MAX_STEPS = 200
 MIN_STEPS = 20
 MAX_SECONDS = 120.0
 CHUNK_STEPS = 1
-YIELD_SLEEP_S = 0.0001
 LEARNING_RATE = 1e-3
 EVAL_WINDOWS = 256
 
@@ -315,7 +315,7 @@ class ModelManager:
             chunk = min(CHUNK_STEPS, steps - done)
             train_windows(model, windows, chunk, min(BATCH, len(windows)), seed, optimizer)
             done += chunk
-            time.sleep(YIELD_SLEEP_S)  # let the event loop's thread have the GIL
+            yield_gil()
         seconds = time.monotonic() - start
         loss_after = float(model.token_nll(held).mean())
         bigram_loss = float(bigram.token_nll(held).mean())

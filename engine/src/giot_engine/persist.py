@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import IO
 
 import numpy as np
 
+from .gil import GilYielder
+
 YIELD_EVERY_S = 0.002  # longest the serialiser holds the GIL at a stretch
-YIELD_SLEEP_S = 0.0001
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -73,12 +73,11 @@ def dumps_yielding(state: Mapping[str, object]) -> bytes:
     """
     encoder = json.JSONEncoder(default=json_default, separators=(",", ":"))
     parts: list[str] = []
-    handed = time.perf_counter()
+    gil = GilYielder(YIELD_EVERY_S)
     for count, part in enumerate(encoder.iterencode(state)):
         parts.append(part)
-        if count % 256 == 0 and time.perf_counter() - handed > YIELD_EVERY_S:
-            time.sleep(YIELD_SLEEP_S)
-            handed = time.perf_counter()
+        if count % 256 == 0:
+            gil.maybe_yield()
     return "".join(parts).encode()
 
 

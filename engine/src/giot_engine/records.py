@@ -8,8 +8,8 @@ the collector was. Ground-truth labels ride along for evaluation only and are ne
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal
 
 EventSource = Literal["user", "automation", "device", "unknown"]
 
@@ -86,3 +86,19 @@ class ParseStats:
     def total_rejected(self) -> int:
         """All rejections, whatever the reason."""
         return sum(self.rejected.values())
+
+
+def counts_dict(stats: Any) -> dict[str, Any]:
+    """Turn a stats dataclass into plain JSON values for diagnostics.
+
+    Counters become dicts; a nested stats dataclass (a parser's ``ParseStats``) is flattened into
+    its owner, so a source's diagnostics read as one level of counts.
+    """
+    out: dict[str, Any] = {}
+    for spec in fields(stats):
+        value = getattr(stats, spec.name)
+        if is_dataclass(value) and not isinstance(value, type):
+            out.update(counts_dict(value))
+        else:
+            out[spec.name] = dict(value) if isinstance(value, Counter) else value
+    return out
