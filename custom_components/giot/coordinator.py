@@ -137,7 +137,7 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, DeviceState]]):
             retention=retention,
             on_new_address=self.alerts.async_new_address,
         )
-        self.hub_store = HubStore(hass, entry.entry_id, self.hub, lambda: self.devices, self.runner)
+        self.hub_store = HubStore(hass, entry.entry_id, self.hub, self.devices, self.runner)
         self.issues = HealthIssues(
             hass,
             options,

@@ -7,7 +7,7 @@ found it itself). Saves are coalesced: the detector's state (written beside the 
 """
 
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -36,10 +36,10 @@ class HubStore:
         hass: HomeAssistant,
         entry_id: str,
         hub: HubState,
-        devices: Callable[[], Mapping[str, DeviceState]],
+        devices: Mapping[str, DeviceState],
         runner: DetectorRunner,
     ) -> None:
-        """Name the entry's store; ``devices`` gives the watched devices at save time."""
+        """Name the entry's store; ``devices`` are the watched devices (read at save time)."""
         self._hass = hass
         self._hub = hub
         self._devices = devices
@@ -93,7 +93,7 @@ class HubStore:
                 "away_mode": hub.away_mode,
                 "last_training": _iso(hub.last_training),
             },
-            "devices": {key: _device_record(state) for key, state in self._devices().items()},
+            "devices": {key: _device_record(state) for key, state in self._devices.items()},
             "last_data": _iso(hub.last_data),
         }
 
