@@ -6,13 +6,9 @@ from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN
-from .coordinator import (
-    GIoTConfigEntry,
-    GIoTCoordinator,
-    GIoTRuntimeData,
-    async_delete_issues,
-    async_remove_stored_data,
-)
+from .coordinator import GIoTConfigEntry, GIoTCoordinator
+from .hub_store import async_remove_stored_data
+from .issues import async_delete_issues
 from .services import async_setup_services
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
@@ -36,7 +32,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: GIoTConfigEntry) -> bool
     """Set up GIoT from a config entry: restore state, start the sources, add the entities."""
     coordinator = GIoTCoordinator(hass, entry)
     await coordinator.async_start()
-    entry.runtime_data = GIoTRuntimeData(coordinator=coordinator)
+    entry.runtime_data = coordinator.runtime_data()
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
 

@@ -10,7 +10,7 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from .coordinator import GIoTConfigEntry
 from .entity import GIoTHubEntity
 
-# Training is serialised by the coordinator's engine lock.
+# Training is serialised by the local training's own lock.
 PARALLEL_UPDATES = 1
 
 TRAIN_NOW = ButtonEntityDescription(
@@ -35,4 +35,4 @@ class GIoTTrainButton(GIoTHubEntity, ButtonEntity):
     @override
     async def async_press(self) -> None:
         """Train now."""
-        await self.coordinator.async_train()
+        await self.coordinator.training.async_train()

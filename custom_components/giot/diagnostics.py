@@ -19,10 +19,11 @@ async def async_get_config_entry_diagnostics(
     hass: HomeAssistant, entry: GIoTConfigEntry
 ) -> dict[str, Any]:
     """Return diagnostics for the entry; device keys of network-only devices are numbered."""
-    coordinator = entry.runtime_data.coordinator
+    runtime = entry.runtime_data
+    coordinator = runtime.coordinator
     now = dt_util.utcnow()
     devices = []
-    for index, state in enumerate(coordinator.devices.values()):
+    for index, state in enumerate(runtime.devices.values()):
         devices.append(
             {
                 "key": state.key if state.device_id else f"network_device_{index}",
@@ -42,7 +43,7 @@ async def async_get_config_entry_diagnostics(
         )
     sources: dict[str, Any] = {
         "state_collector": counts_dict(coordinator.state_collector.stats),
-        "attribution": counts_dict(coordinator.attributor.stats),
+        "attribution": counts_dict(runtime.devices.attributor.stats),
     }
     if coordinator.netflow is not None:
         sources["netflow"] = counts_dict(coordinator.netflow.stats)
@@ -63,10 +64,10 @@ async def async_get_config_entry_diagnostics(
             "model": coordinator.detector.model_info,
             "devices": devices,
             "sources": sources,
-            "failing_sources": sorted(coordinator.source_errors),  # details hold paths
-            "store": counts_dict(coordinator.windows.stats),
-            "dropped": coordinator.dropped,
-            "refused_network_devices": coordinator.refused_devices,
+            "failing_sources": sorted(runtime.issues.source_errors),  # details hold paths
+            "store": counts_dict(runtime.windows.stats),
+            "dropped": runtime.ingest.dropped,
+            "refused_network_devices": runtime.devices.refused,
         },
         TO_REDACT,
     )

@@ -4,8 +4,10 @@ from typing import Any, override
 
 from homeassistant.components.event import EventEntity, EventEntityDescription
 from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
+from .alerts import signal_alert
 from .const import HUB_KEY, AlertType
 from .coordinator import GIoTConfigEntry, GIoTCoordinator
 from .entity import GIoTDeviceEntity, GIoTHubEntity, async_add_device_entities
@@ -48,7 +50,7 @@ async def async_setup_entry(
 
 
 class _AlertMixin(EventEntity):
-    """Subscribes to the coordinator's alerts for one key while the entity is added."""
+    """Listens for the alerts of one key (a device, or the hub) while the entity is added."""
 
     coordinator: GIoTCoordinator
 
@@ -61,9 +63,8 @@ class _AlertMixin(EventEntity):
     async def async_added_to_hass(self) -> None:
         """Listen for alerts."""
         await super().async_added_to_hass()
-        self.async_on_remove(
-            self.coordinator.async_subscribe_alerts(self.alert_key, self._async_alert)
-        )
+        signal = signal_alert(self.coordinator.config_entry.entry_id, self.alert_key)
+        self.async_on_remove(async_dispatcher_connect(self.hass, signal, self._async_alert))
 
     @callback
     def _async_alert(self, alert: AlertType, data: dict[str, Any]) -> None:

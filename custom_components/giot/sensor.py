@@ -16,8 +16,9 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
 from .const import FederationStatus
-from .coordinator import DeviceState, GIoTConfigEntry, GIoTCoordinator
+from .coordinator import GIoTConfigEntry, GIoTCoordinator
 from .entity import GIoTDeviceEntity, GIoTHubEntity, async_add_device_entities
+from .models import DeviceState
 
 # The coordinator pushes; entities only read what it holds.
 PARALLEL_UPDATES = 0

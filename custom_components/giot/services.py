@@ -115,7 +115,7 @@ def async_setup_services(hass: HomeAssistant) -> None:
         coordinator.async_snooze(key, duration)
 
     async def _train_now(call: ServiceCall) -> None:
-        await _coordinator(hass).async_train()
+        await _coordinator(hass).training.async_train()
 
     hass.services.async_register(
         DOMAIN,

@@ -29,7 +29,7 @@ DAY_OF_UPLOADS = 24 * 120 + 1  # one every 30 s: absence is judged after a day o
 
 async def _routine_until_now(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:
     """A day of uploads 30 s apart, the last one now: silence can be judged from here on."""
-    coordinator.async_add_flows(
+    coordinator.ingest.async_add_flows(
         normal_flows(time.time() - (DAY_OF_UPLOADS - 1) * 30.0, DAY_OF_UPLOADS)
     )
     await hass.async_block_till_done(wait_background_tasks=True)
@@ -58,7 +58,7 @@ async def test_silent_device_alarms_once_and_clears_with_its_next_record(
     assert hass.states.get(ANOMALY).state == STATE_ON
     assert hass.states.get(ALERT).state == fired  # still silent: no second event
 
-    coordinator.async_add_flows(normal_flows(time.time(), 1))
+    coordinator.ingest.async_add_flows(normal_flows(time.time(), 1))
     await hass.async_block_till_done()
     assert hass.states.get(ANOMALY).state == STATE_OFF
     await _advance(hass, freezer, timedelta(minutes=1))
@@ -69,7 +69,7 @@ async def test_young_device_is_never_silent(
     hass: HomeAssistant, coordinator: GIoTCoordinator, freezer: FrozenDateTimeFactory
 ) -> None:
     """Ten records (or hours of them) say nothing about a device's rhythm: no alarm."""
-    coordinator.async_add_flows(normal_flows(time.time() - 9 * 30.0, 10))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 9 * 30.0, 10))
     await hass.async_block_till_done()
     await _advance(hass, freezer, timedelta(hours=3))
     assert hass.states.get(ANOMALY).state == STATE_OFF

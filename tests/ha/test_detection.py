@@ -24,7 +24,8 @@ from pytest_homeassistant_custom_component.common import (
 )
 
 from custom_components.giot.const import ALARM_HOLD
-from custom_components.giot.coordinator import GIoTCoordinator, NodeAddress
+from custom_components.giot.coordinator import GIoTCoordinator
+from custom_components.giot.models import NodeAddress
 from giot_engine.hub_detector import InProcessDetector
 from giot_engine.records import DeviceEvent, FlowRecord
 
@@ -39,7 +40,7 @@ BEHAVIOUR = "sensor.camera_behaviour"
 async def _warm_up(hass: HomeAssistant, coordinator: GIoTCoordinator) -> float:
     """Feed the camera's routine until the detector is calibrated; return when it ended."""
     start = time.time() - 3600
-    coordinator.async_add_flows(normal_flows(start))
+    coordinator.ingest.async_add_flows(normal_flows(start))
     await hass.async_block_till_done()
     assert hass.states.get(ANOMALY).state == STATE_OFF
     return start + 40 * 30.0
@@ -85,7 +86,7 @@ async def test_scan_turns_anomaly_on_and_fires_event(
     assert hass.states.get(BEHAVIOUR).state.startswith("Mostly talks https (443/tcp)")
     assert float(hass.states.get(SCORE).state) < 0
 
-    coordinator.async_add_flows(scan_flows(end + 10))
+    coordinator.ingest.async_add_flows(scan_flows(end + 10))
     await hass.async_block_till_done()
 
     anomaly = hass.states.get(ANOMALY)
@@ -100,7 +101,7 @@ async def test_scan_turns_anomaly_on_and_fires_event(
     )
 
     # Continuing the scan within the hold fires no second event: one scan, one alert.
-    coordinator.async_add_flows(scan_flows(end + 15))
+    coordinator.ingest.async_add_flows(scan_flows(end + 15))
     await hass.async_block_till_done()
     assert len(calls) == 2
 
@@ -110,12 +111,12 @@ async def test_alarm_clears_after_hold(
 ) -> None:
     """The anomaly sensor goes back off once no alarming verdict came for the hold time."""
     end = await _warm_up(hass, coordinator)
-    coordinator.async_add_flows(scan_flows(end + 10))
+    coordinator.ingest.async_add_flows(scan_flows(end + 10))
     await hass.async_block_till_done()
     assert hass.states.get(ANOMALY).state == STATE_ON
     freezer.tick(ALARM_HOLD + timedelta(minutes=1))
     # The camera kept up its routine meanwhile (else it would now be silent: see test_absence).
-    coordinator.async_add_flows(normal_flows(time.time() - 300, 10))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 300, 10))
     await hass.async_block_till_done()
     async_fire_time_changed(hass)
     await hass.async_block_till_done(wait_background_tasks=True)
@@ -124,7 +125,7 @@ async def test_alarm_clears_after_hold(
 
 async def test_network_only_device(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:
     """Without a MAC HA knows, the camera's address is a network-only device on the hub."""
-    coordinator.async_add_flows(normal_flows(time.time(), 5, mac=None))
+    coordinator.ingest.async_add_flows(normal_flows(time.time(), 5, mac=None))
     await hass.async_block_till_done()
     network = hass.states.get("event.giot_network")
     assert network.attributes["event_type"] == "new_device"
@@ -135,7 +136,9 @@ async def test_network_only_device(hass: HomeAssistant, coordinator: GIoTCoordin
     assert hass.states.get("binary_sensor.giot_192_168_1_50_anomaly").state == STATE_OFF
 
     # Remote-only flows belong to no device on the home network.
-    coordinator.async_add_flows([FlowRecord(time.time(), "8.8.8.8", 53, "1.1.1.1", 53, "udp")])
+    coordinator.ingest.async_add_flows(
+        [FlowRecord(time.time(), "8.8.8.8", 53, "1.1.1.1", 53, "udp")]
+    )
     await hass.async_block_till_done()
     assert "net:8.8.8.8" not in coordinator.devices
 
@@ -188,7 +191,7 @@ async def test_snooze_keeps_device_quiet(
     await hass.services.async_call(
         "giot", "snooze", {"entity_id": ANOMALY, "duration": {"minutes": 30}}, blocking=True
     )
-    coordinator.async_add_flows(scan_flows(end + 10))
+    coordinator.ingest.async_add_flows(scan_flows(end + 10))
     await hass.async_block_till_done()
     anomaly = hass.states.get(ANOMALY)
     assert anomaly.state == STATE_OFF
@@ -205,7 +208,7 @@ async def test_snooze_keeps_device_quiet(
 async def test_mark_normal_clears_alarm(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:
     """Feedback clears the device's alarm at once."""
     end = await _warm_up(hass, coordinator)
-    coordinator.async_add_flows(scan_flows(end + 10))
+    coordinator.ingest.async_add_flows(scan_flows(end + 10))
     await hass.async_block_till_done()
     assert hass.states.get(ANOMALY).state == STATE_ON
     await hass.services.async_call(
@@ -254,7 +257,7 @@ async def test_entry_without_options_links_nothing(
     assert hass.states.get("sensor.giot_federation_status").state == "no_node"
     assert hass.states.get(ANOMALY) is None
     coordinator: GIoTCoordinator = mock_config_entry.runtime_data.coordinator
-    coordinator.async_add_event(DeviceEvent(time.time(), "light.x", "light", "on"))
+    coordinator.ingest.async_add_event(DeviceEvent(time.time(), "light.x", "light", "on"))
     await hass.async_block_till_done()
     assert coordinator.devices == {}
 
@@ -317,10 +320,10 @@ async def test_federation_status_follows_options_and_switch(
 
 async def test_backlog_is_bounded(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:
     """A flood of input beyond the queue bound is dropped (counted), never kept in memory."""
-    with patch("custom_components.giot.coordinator.MAX_PENDING", 10):
-        coordinator.async_add_flows(normal_flows(time.time(), 25))
+    with patch("custom_components.giot.ingest.MAX_PENDING", 10):
+        coordinator.ingest.async_add_flows(normal_flows(time.time(), 25))
         await hass.async_block_till_done()
-    assert coordinator.dropped == 15
+    assert coordinator.ingest.dropped == 15
     assert coordinator.devices[next(iter(coordinator.devices))].observations == 10
 
 

@@ -346,23 +346,23 @@ async def test_integration_keeps_scoring_after_a_crash(
     detector = coordinator.detector
     assert isinstance(detector, ProcessDetector)
     start = time.time() - 3600
-    coordinator.async_add_flows(normal_flows(start))
+    coordinator.ingest.async_add_flows(normal_flows(start))
     await hass.async_block_till_done()
-    await coordinator._async_save()
+    await coordinator.hub_store.async_save()
     pid = detector.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     await hass.async_add_executor_job(_wait_until, lambda: detector.pid is None)
 
     flow = FlowRecord(time.time(), CAMERA_IP, 1, "192.168.1.1", 23, "udp", orig_mac=CAMERA_MAC)
-    coordinator.async_add_flows([flow])
+    coordinator.ingest.async_add_flows([flow])
     await hass.async_block_till_done()
     assert detector.pid not in {None, pid}
     # Warm-up and calibration came back from the file: a never seen flow is over the bar.
     assert float(hass.states.get(SCORE).state) > 0
     state = await hass.async_add_executor_job(detector.state)
     assert state["engine"]["devices"][CAMERA_IP]["seen"] == 41
-    assert coordinator.dropped == 0
+    assert coordinator.ingest.dropped == 0
 
 
 async def test_batch_lost_with_the_process_is_counted(
@@ -375,12 +375,12 @@ async def test_batch_lost_with_the_process_is_counted(
         patch.object(ProcessDetector, "tick", side_effect=gone),
         patch.object(ProcessDetector, "save_state", side_effect=gone),
     ):
-        coordinator.async_add_flows(normal_flows(time.time() - 3600, 10))
+        coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600, 10))
         await hass.async_block_till_done()
-        await coordinator._async_absence(None)  # type: ignore[arg-type]
-        await coordinator._async_save()
-    assert coordinator.dropped == 10
-    coordinator.async_add_flows(normal_flows(time.time() - 3600, 10))
+        await coordinator.absence.async_check()
+        await coordinator.hub_store.async_save()
+    assert coordinator.ingest.dropped == 10
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600, 10))
     await hass.async_block_till_done()
     assert hass.states.get(SCORE).state != "unknown"
 
@@ -395,7 +395,7 @@ async def test_no_process_means_detection_in_home_assistant(
     coordinator = giot_entry.runtime_data.coordinator
     assert isinstance(coordinator.detector, InProcessDetector)
     assert "GIoT detects in Home Assistant's process instead" in caplog.text
-    coordinator.async_add_flows(normal_flows(time.time() - 3600, 10))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600, 10))
     await hass.async_block_till_done()
     assert hass.states.get(SCORE).state != "unknown"
 
@@ -424,9 +424,9 @@ async def test_actions_say_when_the_detector_stopped(
     method: str,
 ) -> None:
     """An action whose detector call dies with the process gets a translated error."""
-    coordinator.async_add_flows(normal_flows(time.time() - 3600))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600))
     await hass.async_block_till_done()
-    await coordinator._async_store_windows()
+    await coordinator.training.async_collect()
     gone = DetectorError("GIoT's detector process stopped (exit status -9)")
     data = {} if action == "train_now" else {"device_id": camera.id}
     with (
@@ -468,20 +468,20 @@ async def test_windows_of_a_dead_detector_leave_the_store_as_it_was(
     hass: HomeAssistant, coordinator: GIoTCoordinator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The store asks the detector for its new windows; a detector that died keeps the old ones."""
-    coordinator.async_add_flows(normal_flows(time.time() - 3600))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600))
     await hass.async_block_till_done()
-    await coordinator._async_store_windows()
+    await coordinator.training.async_collect()
     stored = coordinator.windows.total_windows
     assert stored > 0
-    coordinator.async_add_flows(normal_flows(time.time() - 1800))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 1800))
     await hass.async_block_till_done()
     gone = DetectorError("GIoT's detector process stopped (exit status -9)")
     caplog.set_level(logging.DEBUG)
     with patch.object(ProcessDetector, "drain_windows", side_effect=gone):
-        await coordinator._async_store_windows()
+        await coordinator.training.async_collect()
     assert coordinator.windows.total_windows == stored
     assert "New windows were not taken into the store" in caplog.text
-    await coordinator._async_store_windows()  # the detector still has them
+    await coordinator.training.async_collect()  # the detector still has them
     assert coordinator.windows.total_windows > stored
 
 

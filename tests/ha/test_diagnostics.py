@@ -32,9 +32,9 @@ async def test_diagnostics(
 ) -> None:
     """The entry, hub, devices and sources, without the home's addresses."""
     start = time.time() - 3600
-    coordinator.async_add_flows(normal_flows(start))
-    coordinator.async_add_flows(scan_flows(start + 1210))
-    coordinator.async_add_flows(scan_flows(start, 2, src="192.168.1.77", mac=None))
+    coordinator.ingest.async_add_flows(normal_flows(start))
+    coordinator.ingest.async_add_flows(scan_flows(start + 1210))
+    coordinator.ingest.async_add_flows(scan_flows(start, 2, src="192.168.1.77", mac=None))
     await hass.async_block_till_done()
     diagnostics = await async_get_config_entry_diagnostics(hass, init_integration)
     assert "192.168.1.77" not in str(diagnostics)

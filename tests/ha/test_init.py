@@ -22,7 +22,8 @@ from custom_components.giot.const import (
     DOMAIN,
     NO_DATA_AFTER,
 )
-from custom_components.giot.coordinator import GIoTCoordinator, NodeAddress
+from custom_components.giot.coordinator import GIoTCoordinator
+from custom_components.giot.models import NodeAddress
 from giot_engine.records import FlowRecord
 
 from .conftest import CAMERA_ENTITY, CAMERA_IP, CAMERA_MAC, normal_flows, scan_flows
@@ -62,7 +63,7 @@ async def test_restart_keeps_learnt_state(
     """Unload and set up again on the same hass: windows, calibration and choices survive."""
     entry = init_integration
     coordinator: GIoTCoordinator = entry.runtime_data.coordinator
-    coordinator.async_add_flows(normal_flows(time.time() - 3600))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600))
     await hass.async_block_till_done()
     await hass.services.async_call(
         "switch", "turn_on", {"entity_id": "switch.giot_away_mode"}, blocking=True
@@ -97,7 +98,7 @@ async def test_restart_keeps_learnt_state(
     assert hass.states.get("binary_sensor.camera_anomaly").attributes["snoozed_until"]
     # Warm-up and calibration survived: a never seen kind of flow is scored over the bar at
     # once, where a device still warming up would not be.
-    restored.async_add_flows(
+    restored.ingest.async_add_flows(
         [FlowRecord(time.time(), CAMERA_IP, 1, "192.168.1.1", 23, "udp", orig_mac=CAMERA_MAC)]
     )
     await hass.async_block_till_done()
@@ -165,7 +166,7 @@ async def test_no_data_for_a_day_raises_repair(
     await hass.async_block_till_done(wait_background_tasks=True)
     assert ir.async_get(hass).async_get_issue(DOMAIN, "no_data") is not None
 
-    coordinator.async_add_flows(scan_flows(time.time(), 1))
+    coordinator.ingest.async_add_flows(scan_flows(time.time(), 1))
     await hass.async_block_till_done()
     freezer.tick(timedelta(minutes=1))
     async_fire_time_changed(hass)
@@ -177,7 +178,7 @@ async def test_full_disk_raises_repair(
     hass: HomeAssistant, init_integration: MockConfigEntry, freezer: FrozenDateTimeFactory
 ) -> None:
     """Too little free space for the store is an issue that clears when space returns."""
-    with patch("custom_components.giot.coordinator._free_bytes", return_value=2**20):
+    with patch("custom_components.giot.issues._free_bytes", return_value=2**20):
         freezer.tick(timedelta(minutes=2))
         async_fire_time_changed(hass)
         await hass.async_block_till_done(wait_background_tasks=True)
@@ -194,7 +195,7 @@ async def test_state_is_saved_when_home_assistant_stops(
     hass: HomeAssistant, coordinator: GIoTCoordinator
 ) -> None:
     """Entries are not unloaded on stop, so the coordinator saves on the stop event itself."""
-    coordinator.async_add_flows(normal_flows(time.time() - 3600, 10))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600, 10))
     await hass.async_block_till_done()
     state_file = coordinator.windows.directory / "detector_state.json"
     assert not state_file.exists()
@@ -207,7 +208,7 @@ async def test_unknown_host_scanning_a_device_is_blamed(
     hass: HomeAssistant, coordinator: GIoTCoordinator
 ) -> None:
     """Flows are the originator's: an unknown LAN host probing the camera is its own device."""
-    coordinator.async_add_flows(
+    coordinator.ingest.async_add_flows(
         [FlowRecord(time.time(), "192.168.1.66", 4000, CAMERA_IP, 554, "tcp", conn_state="S0")]
     )
     await hass.async_block_till_done()
@@ -219,7 +220,7 @@ async def test_removing_the_entry_deletes_what_was_learnt(
 ) -> None:
     """What GIoT learnt about the home goes with the integration."""
     coordinator: GIoTCoordinator = init_integration.runtime_data.coordinator
-    coordinator.async_add_flows(normal_flows(time.time() - 3600, 10))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600, 10))
     await hass.async_block_till_done()
     directory = coordinator.windows.directory
     assert await hass.config_entries.async_unload(init_integration.entry_id)

@@ -47,11 +47,11 @@ async def test_sensitivity_decides_whether_one_odd_flow_alarms(
     entry = await camera_entry_options(**{CONF_SENSITIVITY: sensitivity})
     coordinator: GIoTCoordinator = entry.runtime_data.coordinator
     start = time.time() - 3600
-    coordinator.async_add_flows(normal_flows(start))
+    coordinator.ingest.async_add_flows(normal_flows(start))
     await hass.async_block_till_done()
     # The upload, but unanswered: unusual for the camera, though not alarming on its own.
     odd = dataclasses.replace(normal_flows(start + 1200, 1)[0], conn_state="S0", resp_bytes=0)
-    coordinator.async_add_flows([odd])
+    coordinator.ingest.async_add_flows([odd])
     await hass.async_block_till_done()
     assert 0 < float(hass.states.get(SCORE).state) < 12  # over the bar, under "very hot"
     assert hass.states.get(ANOMALY).state == alarm
@@ -65,7 +65,7 @@ async def test_retention_empties_the_store_without_new_windows(
     """Windows older than the retention option leave the store even when nothing new comes."""
     entry = await camera_entry_options(**{CONF_RETENTION_DAYS: 1})
     coordinator: GIoTCoordinator = entry.runtime_data.coordinator
-    coordinator.async_add_flows(normal_flows(time.time() - 3600, 60))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600, 60))
     await hass.async_block_till_done()
     stored = coordinator.windows.total_windows
     assert stored > 0

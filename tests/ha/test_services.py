@@ -22,8 +22,8 @@ async def test_describe_device_returns_description(
 ) -> None:
     """describe_device answers with what the device normally does and its last alarm."""
     start = time.time() - 3600
-    coordinator.async_add_flows(normal_flows(start))
-    coordinator.async_add_flows(scan_flows(start + 1210))
+    coordinator.ingest.async_add_flows(normal_flows(start))
+    coordinator.ingest.async_add_flows(scan_flows(start + 1210))
     await hass.async_block_till_done()
     response = await hass.services.async_call(
         DOMAIN,
@@ -62,7 +62,7 @@ async def test_network_only_device_by_its_entity(
     hass: HomeAssistant, coordinator: GIoTCoordinator
 ) -> None:
     """A device seen only on the network is named through a GIoT entity on the hub."""
-    coordinator.async_add_flows(scan_flows(time.time(), 3, src="192.168.1.77", mac=None))
+    coordinator.ingest.async_add_flows(scan_flows(time.time(), 3, src="192.168.1.77", mac=None))
     await hass.async_block_till_done()
     response = await hass.services.async_call(
         DOMAIN,
@@ -115,7 +115,7 @@ async def test_train_now_records_training(
     await hass.services.async_call(DOMAIN, "train_now", {}, blocking=True)
     assert hass.states.get("sensor.giot_model_version").state == "giot-untrained"  # no data
     assert hass.states.get("sensor.giot_last_training").state == "unknown"
-    coordinator.async_add_flows(normal_flows(time.time() - 3600))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 3600))
     await hass.async_block_till_done()
     await hass.services.async_call(DOMAIN, "train_now", {}, blocking=True)
     assert hass.states.get("sensor.giot_last_training").state != "unknown"

@@ -19,7 +19,8 @@ from custom_components.giot.const import (
     CONF_SENSITIVITY,
     DOMAIN,
 )
-from custom_components.giot.coordinator import FEEDBACK_PREFIX, GIoTCoordinator
+from custom_components.giot.coordinator import GIoTCoordinator
+from custom_components.giot.training import FEEDBACK_PREFIX
 from giot_engine.records import FlowRecord
 
 from .conftest import CAMERA_IP, REMOTE, normal_flows, scan_flows
@@ -52,9 +53,9 @@ async def test_network_only_device_is_forgotten_after_retention(
     entry = await camera_entry_options(**{CONF_RETENTION_DAYS: 2})
     coordinator: GIoTCoordinator = entry.runtime_data.coordinator
     end = time.time()
-    coordinator.async_add_flows(normal_flows(end - 80 * 30.0, 80, mac=None))
+    coordinator.ingest.async_add_flows(normal_flows(end - 80 * 30.0, 80, mac=None))
     await hass.async_block_till_done()
-    coordinator.async_add_flows(scan_flows(end + 1, mac=None))
+    coordinator.ingest.async_add_flows(scan_flows(end + 1, mac=None))
     await hass.async_block_till_done()
     await hass.services.async_call(DOMAIN, "mark_normal", {"entity_id": NET_ANOMALY}, blocking=True)
     assert len(_giot_entities(hass, entry, NET_KEY)) == 4
@@ -78,7 +79,7 @@ async def test_network_only_device_is_forgotten_after_retention(
     assert camera_key in coordinator.devices  # chosen in the options: never forgotten
 
     # Back after all: a new device again, with new entities (announced again, too).
-    coordinator.async_add_flows(normal_flows(time.time(), 3, mac=None))
+    coordinator.ingest.async_add_flows(normal_flows(time.time(), 3, mac=None))
     await hass.async_block_till_done()
     assert hass.states.get(NET_ANOMALY).state == STATE_OFF
     assert coordinator.devices[NET_KEY].observations == 3
@@ -93,7 +94,7 @@ async def test_forgetting_survives_restart(
     """When a network-only device was last seen is kept, so a restart does not reset it."""
     entry = await camera_entry_options(**{CONF_RETENTION_DAYS: 1})
     coordinator: GIoTCoordinator = entry.runtime_data.coordinator
-    coordinator.async_add_flows(normal_flows(time.time(), 3, mac=None))
+    coordinator.ingest.async_add_flows(normal_flows(time.time(), 3, mac=None))
     await hass.async_block_till_done()
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
@@ -114,12 +115,12 @@ async def test_network_only_devices_are_capped(
     sweep = [
         FlowRecord(time.time(), f"192.168.7.{i}", 5000, REMOTE, 443, "tcp") for i in range(1, 9)
     ]
-    with patch("custom_components.giot.coordinator.MAX_NETWORK_DEVICES", 3):
-        coordinator.async_add_flows(sweep)
+    with patch("custom_components.giot.devices.MAX_NETWORK_DEVICES", 3):
+        coordinator.ingest.async_add_flows(sweep)
         await hass.async_block_till_done()
     network = [key for key in coordinator.devices if key.startswith("net:")]
     assert network == ["net:192.168.7.1", "net:192.168.7.2", "net:192.168.7.3"]
-    assert coordinator.refused_devices == 5
+    assert coordinator.devices.refused == 5
     assert hass.states.get("binary_sensor.giot_192_168_7_4_anomaly") is None
 
 
@@ -135,7 +136,7 @@ async def test_device_attributed_by_flows_is_kept_across_restart_then_forgotten(
     assert await hass.config_entries.async_setup(mock_config_entry.entry_id)
     await hass.async_block_till_done()
     coordinator: GIoTCoordinator = mock_config_entry.runtime_data.coordinator
-    coordinator.async_add_flows(normal_flows(time.time(), 3))
+    coordinator.ingest.async_add_flows(normal_flows(time.time(), 3))
     await hass.async_block_till_done()
     assert coordinator.devices[camera.id].dynamic
     entities = _giot_entities(hass, mock_config_entry, camera.id)
@@ -189,7 +190,7 @@ async def test_device_found_then_chosen_is_never_forgotten(
     assert await hass.config_entries.async_setup(mock_config_entry.entry_id)
     await hass.async_block_till_done()
     coordinator: GIoTCoordinator = mock_config_entry.runtime_data.coordinator
-    coordinator.async_add_flows(normal_flows(time.time(), 3))
+    coordinator.ingest.async_add_flows(normal_flows(time.time(), 3))
     await hass.async_block_till_done()
     assert coordinator.devices[camera.id].dynamic
 

@@ -18,7 +18,8 @@ from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
 from custom_components.giot.const import DOMAIN
-from custom_components.giot.coordinator import FEEDBACK_PREFIX, GIoTCoordinator
+from custom_components.giot.coordinator import GIoTCoordinator
+from custom_components.giot.training import FEEDBACK_PREFIX
 from giot_engine.detector_process import ProcessDetector
 from giot_engine.hub_detector import InProcessDetector
 from giot_engine.model import GIoTModel
@@ -57,7 +58,7 @@ def _model_dir(hass: HomeAssistant) -> Path:
 async def _feed(hass: HomeAssistant, coordinator: GIoTCoordinator, count: int = 200) -> float:
     """Feed the camera's routine; return when it ended."""
     start = time.time() - 30.0 * count - 600
-    coordinator.async_add_flows(normal_flows(start, count))
+    coordinator.ingest.async_add_flows(normal_flows(start, count))
     await hass.async_block_till_done()
     return start + 30.0 * count
 
@@ -67,7 +68,7 @@ async def test_train_now_learns_from_stored_windows(
 ) -> None:
     """Training lowers the model's loss on the stored windows, bumps the version, writes files."""
     await _feed(hass, coordinator)
-    windows = coordinator.training_windows()
+    windows = coordinator.training.training_windows()
     assert windows.shape[0] >= 40
     assert windows.shape[1] == 64
     assert np.all(windows[:, 0] == 2)  # every window starts with [BOS], as scoring does
@@ -134,7 +135,7 @@ async def test_mark_normal_lowers_the_pattern_and_survives_restart(
     """The action lowers later scores of the alarm's kind by 8 nats; a restart keeps that."""
     coordinator: GIoTCoordinator = init_integration.runtime_data.coordinator
     end = await _feed(hass, coordinator, 60)
-    coordinator.async_add_flows(scan_flows(end + 10))
+    coordinator.ingest.async_add_flows(scan_flows(end + 10))
     await hass.async_block_till_done()
     device = next(iter(coordinator.devices))
     before = _detector(coordinator).state()
@@ -166,7 +167,7 @@ async def test_mark_normal_is_learnt_by_training(
 ) -> None:
     """A pattern marked normal scores lower after train_now than it did with the offset alone."""
     end = await _feed(hass, coordinator, 60)
-    coordinator.async_add_flows(scan_flows(end + 10))
+    coordinator.ingest.async_add_flows(scan_flows(end + 10))
     await hass.async_block_till_done()
     assert hass.states.get("binary_sensor.camera_anomaly").state == "on"
     await hass.services.async_call(
@@ -175,7 +176,7 @@ async def test_mark_normal_is_learnt_by_training(
     device = next(iter(coordinator.devices))
     feedback = coordinator.windows.windows(f"{FEEDBACK_PREFIX}{device}")
     assert len(feedback) > 0
-    assert len(coordinator.training_windows()) == (
+    assert len(coordinator.training.training_windows()) == (
         coordinator.windows.total_windows - len(feedback) + 8 * len(feedback)
     )
 
@@ -245,12 +246,12 @@ async def test_nightly_training_needs_new_windows(
     night = (dt_util.now() + timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)
     freezer.move_to(night - timedelta(hours=1))
     await _feed(hass, coordinator, 40)
-    with patch("custom_components.giot.coordinator.TRAIN_MIN_NEW_WINDOWS", 1000):
+    with patch("custom_components.giot.training.TRAIN_MIN_NEW_WINDOWS", 1000):
         freezer.move_to(night)
         async_fire_time_changed(hass)
         await hass.async_block_till_done(wait_background_tasks=True)
     assert hass.states.get(MODEL).state == "giot-untrained"
-    with patch("custom_components.giot.coordinator.TRAIN_MIN_NEW_WINDOWS", 5):
+    with patch("custom_components.giot.training.TRAIN_MIN_NEW_WINDOWS", 5):
         freezer.move_to(night + timedelta(days=1))
         async_fire_time_changed(hass)
         await hass.async_block_till_done(wait_background_tasks=True)

@@ -1,0 +1,93 @@
+"""What GIoT knows about the watched devices and the hub: plain state the other parts share.
+
+These are data only; the parts that change them (devices, ingest, absence, training) and the
+entities that show them import them from here, so none of them has to import another part.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from homeassistant.config_entries import ConfigEntry
+
+from giot_engine.hub_detector import Description
+
+from .const import CONF_NODE_HOST, CONF_NODE_PORT, AlertType, Severity
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    """Where the GIoT node (the Flower SuperNode beside Home Assistant) listens."""
+
+    host: str
+    port: int
+
+
+def node_from_entry(entry: ConfigEntry) -> NodeAddress | None:
+    """Read the entry's node address: without one, detection still runs locally."""
+    host = entry.data.get(CONF_NODE_HOST)
+    port = entry.data.get(CONF_NODE_PORT)
+    return NodeAddress(host, int(port)) if host and port else None
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """What GIoT knows about one watched device.
+
+    ``key`` is the Home Assistant device id for registry devices and ``net:<address>`` for
+    devices only seen on the network. ``source_entity_id`` is an entity of the registry device
+    that our entities link through (helper style: we never claim the device itself).
+    ``dynamic`` marks a registry device watched because flows were attributed to it, not
+    because an option chose it. ``absence`` is the silent / stuck alarm while it lasts.
+    """
+
+    key: str
+    name: str
+    device_id: str | None = None
+    source_entity_id: str | None = None
+    address: str | None = None
+    score: float | None = None
+    alert_type: AlertType | None = None
+    severity: Severity | None = None
+    explanation: str | None = None
+    alarm_until: datetime | None = None
+    snoozed_until: datetime | None = None
+    last_seen: datetime | None = None
+    description: Description | None = None
+    observations: int = 0
+    last_fired: dict[AlertType, datetime] = field(default_factory=dict)
+    absence: AlertType | None = None
+    absence_announced: bool = False
+    dynamic: bool = False
+
+    def alarm(self, now: datetime) -> bool:
+        """Whether the device is in alarm now (a snooze keeps it quiet).
+
+        An absence alarm (silent, stuck) lasts until the device's next record; any other
+        alarm is held for a while after the last alarming verdict.
+        """
+        if self.snoozed_until is not None and now < self.snoozed_until:
+            return False
+        return self.absence is not None or (self.alarm_until is not None and now < self.alarm_until)
+
+    @property
+    def found(self) -> bool:
+        """Whether GIoT found the device itself (no option chose it): it may be forgotten."""
+        return self.device_id is None or self.dynamic
+
+
+@dataclass(slots=True)
+class HubState:
+    """Hub-level state shown by the hub entities and kept across restarts.
+
+    ``federation_round`` is a placeholder filled in once the node link (the federation issue)
+    exists; until then it stays None and the status says why nothing happens. ``last_data`` is
+    when a batch was last scored: the no-data repair counts from it, across restarts too.
+    """
+
+    model_version: str = ""
+    last_training: datetime | None = None
+    federation_round: int | None = None
+    federation_paused: bool = False
+    away_mode: bool = False
+    training: bool = False
+    last_data: datetime | None = None
