@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from giot_engine.persist import atomic_write
 
 _NAME = re.compile(r"^round-(\d{6})\.npz$")
 _META = "__meta__"
@@ -45,16 +47,7 @@ def save_checkpoint(directory: str | os.PathLike[str], ckpt: Checkpoint, keep: i
     payload |= {f"x/{k}": np.asarray(v) for k, v in ckpt.extra.items()}
     doc = {"server_round": ckpt.server_round, **ckpt.meta}
     payload[_META] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, allow_pickle=False, **payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, partial(np.savez, allow_pickle=False, **payload))
     for old in sorted(_rounds(root))[:-keep] if keep > 0 else []:
         (root / f"round-{old:06d}.npz").unlink(missing_ok=True)
     return target

@@ -56,13 +56,16 @@ the Flower context); ``save_residual`` / ``load_residual`` persist it as ``.npz`
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from .persist import atomic_write
 
 Arrays = dict[str, npt.NDArray[np.float32]]
 Payload = dict[str, npt.NDArray[np.generic]]
@@ -476,18 +479,8 @@ def decode_shared(
 
 def save_residual(path: str | os.PathLike[str], residual: Mapping[str, np.ndarray]) -> None:
     """Persist the error-feedback state atomically (a crash leaves the old file or the new one)."""
-    target = os.fspath(path)
-    directory = os.path.dirname(target) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            arrays: dict[str, Any] = {k: _f32(a) for k, a in residual.items()}
-            np.savez(fh, allow_pickle=False, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    arrays: dict[str, Any] = {k: _f32(a) for k, a in residual.items()}
+    atomic_write(Path(path), partial(np.savez, allow_pickle=False, **arrays))
 
 
 def load_residual(path: str | os.PathLike[str]) -> Arrays:

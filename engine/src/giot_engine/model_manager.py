@@ -22,9 +22,6 @@ import errno
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +33,7 @@ import numpy as np
 from .detector import BigramModel
 from .gil import yield_gil
 from .model import GIoTConfig, GIoTModel, KVCache
+from .persist import atomic_write_dir, recover_dir
 from .tokenizer import Vocabulary
 from .train import AdamW, train_windows
 
@@ -226,7 +224,7 @@ class ModelManager:
         limit_blas_threads()
         if self.directory is None:
             return
-        _recover(self.directory)
+        recover_dir(self.directory)
         if not (self.directory / "config.json").is_file():
             return
         try:
@@ -266,10 +264,8 @@ class ModelManager:
         """Write the whole directory beside the old one, then swap it in (old kept on error)."""
         if self.directory is None:
             return
-        parent = self.directory.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.", suffix=".tmp", dir=parent))
-        try:
+
+        def fill(tmp: Path) -> None:
             model.save_pretrained(tmp)
             (tmp / TOKENIZER_FILE).write_text(json.dumps(self.vocab.to_tokenizers_json()))
             with (tmp / OPTIMIZER_FILE).open("wb") as handle:
@@ -277,19 +273,8 @@ class ModelManager:
             with (tmp / BIGRAM_FILE).open("wb") as handle:
                 np.savez(handle, allow_pickle=False, counts=counts)
             (tmp / META_FILE).write_text(json.dumps(meta))
-            for path in tmp.iterdir():
-                with path.open("rb+") as handle:
-                    os.fsync(handle.fileno())
-            old = parent / f".{self.directory.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if self.directory.exists():
-                os.replace(self.directory, old)
-            os.replace(tmp, self.directory)
-            shutil.rmtree(old, ignore_errors=True)
-            _fsync_dir(parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        atomic_write_dir(self.directory, fill)
 
     # -- training -------------------------------------------------------------------------------
 
@@ -389,22 +374,3 @@ def limit_blas_threads() -> bool:
 
 
 _BLAS_LIMITED: bool | None = None
-
-
-def _recover(directory: Path) -> None:
-    """Finish or undo a swap a crash interrupted, and drop half-written temporary directories."""
-    old = directory.parent / f".{directory.name}.old"
-    if not directory.exists() and old.is_dir():
-        os.replace(old, directory)
-    if directory.parent.is_dir():
-        for path in directory.parent.glob(f".{directory.name}.*.tmp"):
-            shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -35,6 +36,53 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_dir(directory: Path, fill: Callable[[Path], None]) -> None:
+    """Replace ``directory`` all or nothing with what ``fill`` writes into a fresh one.
+
+    The new directory is written beside the old one and fsynced, then swapped in by two renames;
+    a crash between them leaves ``.<name>.old``, which ``recover_dir`` puts back. The model's
+    files (weights, optimizer, tokenizer) must change together, so one file at a time is not
+    enough.
+    """
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
+    try:
+        fill(tmp)
+        for path in tmp.iterdir():
+            with path.open("rb+") as handle:
+                os.fsync(handle.fileno())
+        old = parent / f".{directory.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def recover_dir(directory: Path) -> None:
+    """Finish or undo a swap a crash interrupted, and drop half-written temporary directories."""
+    old = directory.parent / f".{directory.name}.old"
+    if not directory.exists() and old.is_dir():
+        os.replace(old, directory)
+    if directory.parent.is_dir():
+        for path in directory.parent.glob(f".{directory.name}.*.tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(handle: IO[bytes], *, data: bytes) -> None:
