@@ -1,6 +1,6 @@
-"""Load benchmark of GIoT in a real Home Assistant (not a test: its name keeps it out of the suite).
+"""Load benchmark of GIoT in a real Home Assistant (a pytest module, but not a test).
 
-Run: ``.venv/bin/python -m pytest tests/ha/bench_load.py -p no:cacheprovider -s`` or
+Run: ``.venv/bin/python -m pytest benchmarks/ha/load.py -p no:cacheprovider -s`` or
 ``scripts/bench ha-load``. Environment: ``GIOT_BENCH_SECONDS`` (per phase, default 20),
 ``GIOT_BENCH_EVENTS`` (state changes per second, default 1000), ``GIOT_BENCH_FLOWS`` (NetFlow v9
 flows per second, default 2000), ``GIOT_BENCH_SENDER`` (``process``, the default: the NetFlow
@@ -973,7 +973,7 @@ def _report(
     lines = [
         "# GIoT under load in a real Home Assistant",
         "",
-        "- Command: `.venv/bin/python -m pytest tests/ha/bench_load.py -p no:cacheprovider -s`"
+        "- Command: `.venv/bin/python -m pytest benchmarks/ha/load.py -p no:cacheprovider -s`"
         " (or `scripts/bench ha-load`)",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs"

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
-from fl_server.bench.metrics import auroc, prf
+from benchmarks.metrics import auroc, prf
 from fl_server.client_app import make_client_app, model_config, settings
 from fl_server.server_app import build_strategy, initial_arrays
 from fl_server.simulation.corpus import Corpus, corpus, record_surprise
