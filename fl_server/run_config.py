@@ -4,10 +4,10 @@ Defaults live in one place only: ``[tool.flwr.app.config]`` in ``pyproject.toml`
 there, because a SuperLink refuses run-config keys that table does not declare, and Flower itself
 merges it under ``flwr run --run-config`` overrides into ``context.run_config``. Reading the same
 table here (the FAB carries ``pyproject.toml`` next to ``fl_server/``) gives the in-process users
-(the simulation grid, tests, benchmarks), whose ``context.run_config`` is empty, the same defaults
-as a deployment. The fields of ``RunConfig`` only add the type each key is read as; the table and
-the fields must name the same keys, which ``defaults()`` checks on first use, so that a key added
-to one and not the other fails every run, not only a test.
+(the simulation grid, tests, benchmarks), for which no SuperLink fills ``context.run_config``, the
+same defaults as a deployment. The fields of ``RunConfig`` only add the type each key is read
+as; the table and the fields must name the same keys, which ``defaults()`` checks on first use,
+so that a key added to one and not the other fails every run, not only a test.
 
 Values are converted the way the apps always read them (``int(...)``, ``float(...)``), so an
 override such as ``round-timeout=60`` (a TOML integer) still reads as 60.0.
