@@ -24,85 +24,23 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fl_server.data import Windows, load_partition
+from fl_server.run_config import RunConfig
 from giot_engine import gsfs
 from giot_engine.model import GIoTConfig, GIoTModel
 from giot_engine.tokenizer import PAD_ID
 from giot_engine.train import AdamW, train_windows
 
 F32 = npt.NDArray[np.float32]
-ConfigValue = bool | int | float | str
-
-RUN_DEFAULTS: dict[str, ConfigValue] = {
-    # rounds and strategy
-    "num-server-rounds": 3,
-    "strategy": "gsfs",  # gsfs | fedavg | fedadam | fedprox
-    "fraction-train": 1.0,
-    "fraction-evaluate": 1.0,
-    "min-nodes": 2,
-    "round-timeout": 600.0,
-    "seed": 0,
-    # local training
-    "local-steps": 5,
-    "batch-size": 16,
-    "lr": 3e-3,
-    "proximal-mu": 0.01,
-    # model (GPT-2 layout; tiny by default so simulations take seconds)
-    "vocab-size": 64,
-    "n-positions": 32,
-    "n-embd": 32,
-    "n-layer": 2,
-    "n-head": 2,
-    # data
-    "data-source": "synthetic",  # synthetic | corpus (IoT-23 + home logs under data-dir)
-    "data-dir": "",
-    "windows-per-node": 64,
-    "window-len": 16,
-    # GSFS server
-    # GSFS server optimiser: ema (damped momentum, bias-corrected) | sgd | sgdm (FedAvgM) | adam.
-    # Per-coordinate means of error-feedback payloads already carry the residual that waited, so
-    # a server step above 1 counts it twice: eta 1, and beta 0.5 to average the halves that
-    # rotation at fraction 0.5 alternates (docs/results/federation.md).
-    "server-opt": "ema",
-    "gsfs-server-lr": 1.0,
-    "gsfs-server-momentum": 0.5,  # beta1 of ema / adam, or FedAvgM's momentum
-    "gsfs-mean-over": "senders",  # or "all": unsent coordinates count as zeros (DGC-style)
-    "gsfs-selection": "rotate",  # or "random": a seeded sample of fraction-train every round
-    "server-lr": 1e-2,  # FedAdam's eta
-    "gsfs-default-budget": 16384,
-    "gsfs-min-budget": 256,
-    "gsfs-max-budget": 4 << 20,
-    "gsfs-target-round-s": 30.0,
-    "gsfs-deadline-quantile": 0.9,
-    "gsfs-initial-deadline-s": 0.0,  # 0: wait up to round-timeout while nodes are unmeasured
-    "gsfs-min-steps": 1,
-    "gsfs-max-steps": 20,
-    "downlink-threshold": 1e-3,
-    "max-update-norm": 1e3,
-    "robust": "none",
-    "clip-norm": 0.0,
-    "dp-noise": 0.0,
-    "dp-clip": 1.0,
-    "gsfs-shared-index": False,  # SecAgg-compatible mode
-    "gsfs-shared-clip": 0.05,
-    "checkpoint-dir": "",
-}
 
 
-def settings(
-    run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Run config over the defaults (and test overrides over both)."""
-    return {**RUN_DEFAULTS, **dict(run_config), **dict(overrides or {})}
-
-
-def model_config(cfg: Mapping[str, Any]) -> GIoTConfig:
+def model_config(cfg: RunConfig) -> GIoTConfig:
     """Return the GIoT architecture a run config names."""
     return GIoTConfig(
-        vocab_size=int(cfg["vocab-size"]),
-        n_positions=int(cfg["n-positions"]),
-        n_embd=int(cfg["n-embd"]),
-        n_layer=int(cfg["n-layer"]),
-        n_head=int(cfg["n-head"]),
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
     )
 
 
@@ -133,7 +71,7 @@ def mean_nll(model: GIoTModel, windows: Windows) -> float:
 
 def local_train(
     params: Mapping[str, np.ndarray],
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     windows: Windows,
     *,
     steps: int,
@@ -149,20 +87,20 @@ def local_train(
         _ProxModel(mcfg, own, proximal_mu) if proximal_mu > 0 else GIoTModel(mcfg, own)
     )
     # Real-data windows are PAD-filled: padding is not a behaviour to learn.
-    mask = windows[:, 1:] != PAD_ID if cfg["data-source"] != "synthetic" else None
+    mask = windows[:, 1:] != PAD_ID if cfg.data_source != "synthetic" else None
     report = train_windows(
         model,
         windows,
         steps,
-        int(cfg["batch-size"]),
+        cfg.batch_size,
         seed,  # per round and node (``_round_seed``): a fresh optimiser must not replay batches
-        AdamW(lr=float(cfg["lr"])),
+        AdamW(lr=cfg.lr),
         mask,
     )
     return dict(model.params), float(report.mean_loss)
 
 
-def examples_processed(cfg: Mapping[str, Any], windows: Windows, steps: int) -> int:
+def examples_processed(cfg: RunConfig, windows: Windows, steps: int) -> int:
     """Weigh a reply by the windows trained on this round (steps x batch), 0 if none counts.
 
     Every node runs a set number of steps, so this, not the size of the node's store, is how
@@ -170,17 +108,15 @@ def examples_processed(cfg: Mapping[str, Any], windows: Windows, steps: int) -> 
     size would let the few homes with the longest logs set the global model alone; a node whose
     windows hold no scored token has nothing to teach and answers 0 (rejected, logged).
     """
-    if cfg["data-source"] != "synthetic" and not np.any(windows[:, 1:] != PAD_ID):
+    if cfg.data_source != "synthetic" and not np.any(windows[:, 1:] != PAD_ID):
         return 0
-    return steps * int(cfg["batch-size"])
+    return steps * cfg.batch_size
 
 
-def train_flops(
-    cfg: Mapping[str, Any], params: Mapping[str, np.ndarray], steps: int, width: int
-) -> float:
+def train_flops(cfg: RunConfig, params: Mapping[str, np.ndarray], steps: int, width: int) -> float:
     """Work of ``steps`` training steps: 6 FLOPs per parameter per processed token (Kaplan 2020)."""
     n = sum(int(v.size) for v in params.values())
-    return 6.0 * n * steps * int(cfg["batch-size"]) * width
+    return 6.0 * n * steps * cfg.batch_size * width
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -217,8 +153,8 @@ def _reply(
     return Message(content, reply_to=msg)
 
 
-def _round_seed(cfg: Mapping[str, Any], server_round: int, pid: int) -> int:
-    return int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
+def _round_seed(cfg: RunConfig, server_round: int, pid: int) -> int:
+    return int(np.random.default_rng([cfg.seed, server_round, pid]).integers(2**31))
 
 
 def _num(record: Mapping[str, Any], key: str, default: float) -> float:
@@ -228,7 +164,7 @@ def _num(record: Mapping[str, Any], key: str, default: float) -> float:
     )
 
 
-def train_gsfs(msg: Message, context: Context, cfg: Mapping[str, Any], windows: Windows) -> Message:
+def train_gsfs(msg: Message, context: Context, cfg: RunConfig, windows: Windows) -> Message:
     """Run one GSFS round on this node (see module docstring)."""
     conf = msg.content.config_records["config"]
     state = context.state
@@ -242,7 +178,7 @@ def train_gsfs(msg: Message, context: Context, cfg: Mapping[str, Any], windows: 
     held = received if base == -1 else {**held, **received}
     t0 = time.process_time()
     pid, _ = _partition(context)
-    steps = int(_num(conf, "local-steps", float(cfg["local-steps"])))
+    steps = int(_num(conf, "local-steps", float(cfg.local_steps)))
     server_round = int(_num(conf, "server-round", 0))
     seed = _round_seed(cfg, server_round, pid)
     local, loss = local_train(held, cfg, windows, steps=steps, seed=seed)
@@ -256,7 +192,7 @@ def train_gsfs(msg: Message, context: Context, cfg: Mapping[str, Any], windows: 
         }
         enc = gsfs.encode_shared(update, idx, scales, residual=residual)
     else:
-        budget = int(_num(conf, "gsfs-budget", float(cfg["gsfs-default-budget"])))
+        budget = int(_num(conf, "gsfs-budget", float(cfg.gsfs_default_budget)))
         enc = gsfs.encode(update, held, budget, residual=residual)
     compute_s = time.process_time() - t0
     state["gsfs.global"] = ArrayRecord({k: Array(v) for k, v in held.items()})
@@ -278,9 +214,7 @@ def train_gsfs(msg: Message, context: Context, cfg: Mapping[str, Any], windows: 
     return _reply(msg, payload, metrics)
 
 
-def train_dense(
-    msg: Message, context: Context, cfg: Mapping[str, Any], windows: Windows
-) -> Message:
+def train_dense(msg: Message, context: Context, cfg: RunConfig, windows: Windows) -> Message:
     """Run one baseline round: full weights in, full weights out."""
     conf = msg.content.config_records["config"]
     params = _arrays(msg.content.array_records["arrays"])
@@ -292,26 +226,26 @@ def train_dense(
         params,
         cfg,
         windows,
-        steps=int(cfg["local-steps"]),
+        steps=cfg.local_steps,
         seed=_round_seed(cfg, server_round, pid),
         proximal_mu=mu,
     )
     metrics = {
-        "num-examples": examples_processed(cfg, windows, int(cfg["local-steps"])),
+        "num-examples": examples_processed(cfg, windows, cfg.local_steps),
         "train-loss": loss,
         "compute-s": time.process_time() - t0,
-        "compute-flops": train_flops(cfg, params, int(cfg["local-steps"]), windows.shape[1]),
+        "compute-flops": train_flops(cfg, params, cfg.local_steps, windows.shape[1]),
     }
     return _reply(msg, local, metrics)
 
 
-def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+def make_client_app(overrides: RunConfig | Mapping[str, object] | None = None) -> ClientApp:
     """Build a ClientApp reading the run config (plus ``overrides``: tests, benchmarks)."""
     client = ClientApp()
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg = settings(context.run_config, overrides)
+        cfg = RunConfig.load(context.run_config, overrides)
         pid, num = _partition(context)
         windows, _ = _split(load_partition(pid, num, cfg))
         if msg.content.config_records["config"].get("strategy", "fedavg") == "gsfs":
@@ -320,7 +254,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        cfg = settings(context.run_config, overrides)
+        cfg = RunConfig.load(context.run_config, overrides)
         pid, num = _partition(context)
         _, held_out = _split(load_partition(pid, num, cfg))
         model = GIoTModel(model_config(cfg), _arrays(msg.content.array_records["arrays"]))

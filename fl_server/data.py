@@ -1,11 +1,11 @@
 """Where a node's token windows come from: a pluggable source (real captures, or synthetic).
 
-``load_partition(partition_id, num_partitions, run_config)`` is the one entry point the ClientApp
-uses. The source is picked by ``run_config["data-source"]``; sources register themselves with
+``load_partition(partition_id, num_partitions, cfg)`` is the one entry point the ClientApp uses.
+The source is picked by the run config's ``data-source``; sources register themselves with
 ``register_source`` and take paths from the run config.
 
 ``"corpus"`` (``fl_server.simulation.corpus``) makes every IoT-23 capture and home event log
-under ``run_config["data-dir"]`` one or more hubs, tokenised by the engine. The built-in
+under the run config's ``data-dir`` one or more hubs, tokenised by the engine. The built-in
 ``"synthetic"`` source is deterministic per (seed, partition) and non-IID by construction:
 each partition is a different Markov chain over a partly private slice of the vocabulary, the
 way two homes differ in devices and habits, with a shared "protocol" part so a global model has
@@ -14,24 +14,21 @@ something common to learn.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
+from fl_server.run_config import RunConfig
+
 Windows = npt.NDArray[np.int64]
-Source = Callable[[int, int, Mapping[str, object]], Windows]
+Source = Callable[[int, int, RunConfig], Windows]
 _SOURCES: dict[str, Source] = {}
 
 
 def register_source(name: str, source: Source) -> None:
     """Make a data source selectable with ``data-source = "<name>"`` in the run config."""
     _SOURCES[name] = source
-
-
-def _int(cfg: Mapping[str, object], key: str, default: int) -> int:
-    value = cfg.get(key, default)
-    return int(value) if isinstance(value, (int, float, str)) else default
 
 
 def synthetic_windows(
@@ -61,21 +58,21 @@ def synthetic_windows(
     return out
 
 
-def _synthetic(partition_id: int, num_partitions: int, cfg: Mapping[str, object]) -> Windows:
+def _synthetic(partition_id: int, num_partitions: int, cfg: RunConfig) -> Windows:
     return synthetic_windows(
         partition_id,
         num_partitions,
-        vocab_size=_int(cfg, "vocab-size", 64),
-        num_windows=_int(cfg, "windows-per-node", 64),
-        window_len=_int(cfg, "window-len", 16),
-        seed=_int(cfg, "seed", 0),
+        vocab_size=cfg.vocab_size,
+        num_windows=cfg.windows_per_node,
+        window_len=cfg.window_len,
+        seed=cfg.seed,
     )
 
 
 register_source("synthetic", _synthetic)
 
 
-def _corpus(partition_id: int, num_partitions: int, cfg: Mapping[str, object]) -> Windows:
+def _corpus(partition_id: int, num_partitions: int, cfg: RunConfig) -> Windows:
     from fl_server.simulation.corpus import corpus_source  # noqa: PLC0415 (loads data lazily)
 
     return corpus_source(partition_id, num_partitions, cfg)
@@ -84,11 +81,8 @@ def _corpus(partition_id: int, num_partitions: int, cfg: Mapping[str, object]) -
 register_source("corpus", _corpus)
 
 
-def load_partition(
-    partition_id: int, num_partitions: int, run_config: Mapping[str, object]
-) -> Windows:
+def load_partition(partition_id: int, num_partitions: int, cfg: RunConfig) -> Windows:
     """Token windows (N, T) of one node's partition, from the configured source."""
-    name = str(run_config.get("data-source", "synthetic"))
-    if name not in _SOURCES:
-        raise KeyError(f"unknown data-source {name!r} (known: {sorted(_SOURCES)})")
-    return _SOURCES[name](partition_id, num_partitions, run_config)
+    if cfg.data_source not in _SOURCES:
+        raise KeyError(f"unknown data-source {cfg.data_source!r} (known: {sorted(_SOURCES)})")
+    return _SOURCES[cfg.data_source](partition_id, num_partitions, cfg)

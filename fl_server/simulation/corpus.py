@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fl_server.run_config import RunConfig
 from giot_engine.home_events import detect_format, load_home
 from giot_engine.records import DeviceEvent, FlowRecord, ParseStats
 from giot_engine.tokenizer import (
@@ -276,13 +277,13 @@ def record_surprise(
     return np.array([nll[r, a : a + k].sum() for r, a, k in spans])
 
 
-def corpus_source(partition_id: int, num_partitions: int, cfg: Mapping[str, object]) -> Windows:
-    """``data-source = "corpus"``: hub ``partition_id`` of ``cfg["data-dir"]`` (see module doc).
+def corpus_source(partition_id: int, num_partitions: int, cfg: RunConfig) -> Windows:
+    """``data-source = "corpus"``: hub ``partition_id`` of ``data-dir`` (see module doc).
 
     A hub without a whole benign window gets one [BOS]-only row, so that it still answers.
     """
-    length = int(str(cfg.get("n-positions", 32)))
-    hub = corpus(str(cfg["data-dir"]), num_partitions).train[partition_id]
+    length = cfg.n_positions
+    hub = corpus(cfg.data_dir, num_partitions).train[partition_id]
     w = hub.train_windows(length)
     if len(w) == 0:
         w = np.full((1, length), PAD_ID, np.int64)

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fl_server.run_config import ConfigValue, RunConfig
 from fl_server.simulation.profiles import NodeProfile, round_cost
 
 Tamper = Callable[[int, Message], Message]
@@ -33,9 +34,12 @@ class LocalGrid(Grid):
         self,
         client_app: ClientApp,
         num_nodes: int,
-        run_config: Mapping[str, bool | int | float | str] | None = None,
+        run_config: RunConfig | Mapping[str, ConfigValue] | None = None,
         run_id: int = 1,
     ) -> None:
+        # Every node's context holds the whole run config, defaults merged, as Flower's own
+        # ``context.run_config`` does on a SuperNode.
+        full = RunConfig.load(None, run_config).as_run_config()
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         TaskIdentity.task_id = 0
@@ -47,7 +51,7 @@ class LocalGrid(Grid):
                 node_id=i + 1,
                 node_config={"partition-id": i, "num-partitions": num_nodes},
                 state=RecordDict(),
-                run_config=dict(run_config or {}),
+                run_config=dict(full),
             )
             for i in range(num_nodes)
         }
@@ -136,7 +140,7 @@ class ProfiledGrid(LocalGrid):
         self,
         client_app: ClientApp,
         profiles: list[NodeProfile],
-        run_config: Mapping[str, bool | int | float | str] | None = None,
+        run_config: RunConfig | Mapping[str, ConfigValue] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(client_app, len(profiles), run_config)

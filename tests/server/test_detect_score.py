@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_server.bench.detect_score import main
-from fl_server.bench.metrics import auroc, capture_metrics, prf, scored_mask
+from benchmarks.detect_score import main
+from benchmarks.metrics import auroc, capture_metrics, prf, scored_mask
 
 FIELDS = [
     "ts",

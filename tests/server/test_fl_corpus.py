@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_server.client_app import examples_processed, settings
+from fl_server.client_app import examples_processed
+from fl_server.run_config import RunConfig
 from fl_server.simulation.corpus import Stream, pack, record_surprise, split_hubs
 from giot_engine.detector import BigramModel
 from giot_engine.tokenizer import BOS_ID, PAD_ID
@@ -62,7 +63,7 @@ def test_split_hubs_holds_out_flow_tails_and_apportions_training_hubs() -> None:
 
 
 def test_reply_weight_is_the_work_done_not_the_store_size() -> None:
-    cfg = settings({}, {"data-source": "corpus", "batch-size": 8})
+    cfg = RunConfig.load({}, {"data-source": "corpus", "batch-size": 8})
     full = np.array([[BOS_ID, 5, 6], [BOS_ID, 7, 8]])
     empty = np.array([[BOS_ID, PAD_ID, PAD_ID]])
     assert examples_processed(cfg, full, steps=5) == 40

@@ -11,8 +11,9 @@ SuperExecs that start ``flwr-serverapp`` and ``flwr-clientapp`` processes. So th
 The app is staged from the repository's own files (those ``fab-include`` names, the symlink, its
 ``pyproject.toml`` as it is) rather than built from the root: Flower's FAB builder walks the whole
 folder, ``.venv*`` included, before filtering (12 s here). The SuperLink refuses run-config keys
-that ``[tool.flwr.app.config]`` does not declare, so that table must list every key of
-``RUN_DEFAULTS`` with the same default (checked below, without processes).
+that ``[tool.flwr.app.config]`` does not declare: that table is the one definition of the keys and
+their defaults, and ``fl_server.run_config.RunConfig`` must read it whole (checked below, without
+processes).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import pytest
 
 from fl_server import flwr_config
 from fl_server.checkpoint import load_checkpoint, load_latest
-from fl_server.client_app import RUN_DEFAULTS, model_config, settings
+from fl_server.client_app import model_config
+from fl_server.run_config import RunConfig, defaults
 from giot_engine.model import GIoTModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,11 +68,23 @@ def _app_table() -> dict[str, object]:
 
 
 def test_pyproject_declares_every_run_config_key_with_its_default() -> None:
-    """A SuperLink refuses undeclared keys: pyproject's table and RUN_DEFAULTS must agree."""
+    """A SuperLink refuses undeclared keys: every key the apps read comes from pyproject's table."""
     declared = _app_table()["config"]
-    assert declared == dict(RUN_DEFAULTS)
     assert isinstance(declared, dict)
-    assert all(type(declared[k]) is type(v) for k, v in RUN_DEFAULTS.items())
+    assert defaults() == declared
+    as_read = RunConfig.load().as_run_config()
+    assert as_read == declared
+    assert all(type(as_read[k]) is type(v) for k, v in declared.items())
+
+
+def test_run_config_converts_overrides_and_refuses_unknown_keys() -> None:
+    """As Flower passes them: an integer where a float is declared reads as that float."""
+    cfg = RunConfig.load({"round-timeout": 60, "strategy": "fedavg"}, {"lr": 1})
+    assert (cfg.round_timeout, cfg.strategy, cfg.lr) == (60.0, "fedavg", 1.0)
+    assert type(cfg.round_timeout) is float
+    assert cfg.with_overrides({"seed": 3}) == RunConfig.load({**cfg.as_run_config(), "seed": 3})
+    with pytest.raises(KeyError, match="round-timout"):
+        RunConfig.load({"round-timout": 60})
 
 
 def stage_app(dest: Path) -> Path:
@@ -276,7 +290,7 @@ def test_flwr_run_on_real_superlink_and_supernodes(
     for i in range(len(federation.node_ports)):  # each real SuperNode trained in both rounds
         assert federation.log(f"supernode{i}").count("Sending: train message") == 2, why
 
-    init = GIoTModel.init(model_config(settings(run_config)), seed=0).params
+    init = GIoTModel.init(model_config(RunConfig.load(run_config)), seed=0).params
     first = load_checkpoint(ckpt_dir / "round-000001.npz").arrays
     assert sorted(last.arrays) == sorted(first) == sorted(init)
     assert any(not np.array_equal(first[k], init[k]) for k in init), "round 1 left the model"

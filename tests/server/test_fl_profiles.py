@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl_server.client_app import make_client_app, settings
+from fl_server.client_app import make_client_app
+from fl_server.run_config import RunConfig
 from fl_server.server_app import build_strategy, initial_arrays
 from fl_server.simulation.grid import ProfiledGrid
 from fl_server.simulation.profiles import (
@@ -57,7 +58,7 @@ def test_assign_profiles_is_deterministic() -> None:
 
 
 def test_slow_home_is_left_out_by_the_sensed_deadline() -> None:
-    cfg = settings(
+    cfg = RunConfig.load(
         {},
         {
             "num-server-rounds": 3,
@@ -78,7 +79,7 @@ def test_slow_home_is_left_out_by_the_sensed_deadline() -> None:
     grid = ProfiledGrid(make_client_app(cfg), [fast, fast, fast, crawl], seed=1)
     strategy = build_strategy(cfg)
     assert isinstance(strategy, GSFS)
-    strategy.start(grid, initial_arrays(cfg), num_rounds=3, timeout=float(cfg["round-timeout"]))
+    strategy.start(grid, initial_arrays(cfg), num_rounds=3, timeout=cfg.round_timeout)
     # Round 1 waits for everyone (nothing sensed yet); then the deadline follows the fast homes
     # and the crawling home, predicted to miss it, is not asked (FedCS) instead of missing.
     assert strategy.history[0]["missed"] == 0

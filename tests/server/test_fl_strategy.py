@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from fl_server.client_app import make_client_app, settings
+from fl_server.client_app import make_client_app
+from fl_server.run_config import RunConfig
 from fl_server.server_app import build_strategy, initial_arrays, run_server
 from fl_server.simulation.grid import LocalGrid
 from fl_server.strategy.gsfs import GSFS, GSFSConfig
@@ -37,13 +38,11 @@ BASE: dict[str, Any] = {
 }
 
 
-def _cfg(**extra: Any) -> dict[str, Any]:
-    return settings({}, {**BASE, **extra})
+def _cfg(**extra: Any) -> RunConfig:
+    return RunConfig.load({}, {**BASE, **extra})
 
 
-def _run(
-    cfg: dict[str, Any], nodes: int = 4, grid: LocalGrid | None = None
-) -> tuple[Any, LocalGrid]:
+def _run(cfg: RunConfig, nodes: int = 4, grid: LocalGrid | None = None) -> tuple[Any, LocalGrid]:
     grid = grid or LocalGrid(make_client_app(cfg), nodes)
     return run_server(grid, cfg), grid
 
@@ -209,7 +208,7 @@ def test_kill_and_resume_gives_same_rounds(tmp_path: Path) -> None:
     grid = LocalGrid(make_client_app(cut_cfg), 4)
     run_server(grid, cut_cfg)  # server "killed" after round 2; homes keep their state
     pushed_before = grid.pushed
-    resumed_cfg = {**cut_cfg, "num-server-rounds": rounds}
+    resumed_cfg = cut_cfg.with_overrides({"num-server-rounds": rounds})
     resumed = run_server(grid, resumed_cfg)  # a fresh strategy object reads the checkpoint
 
     assert grid.pushed - pushed_before == 2 * 4  # only rounds 3 and 4 ran

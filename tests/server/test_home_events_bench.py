@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 
-from fl_server.bench.home_events import (
+from benchmarks.home_events import (
     LABEL,
     Injection,
     detected,

@@ -32,13 +32,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
-from fl_server.bench.metrics import auroc, prf
-from fl_server.client_app import make_client_app, model_config, settings
+from benchmarks.metrics import auroc, prf
+from fl_server.client_app import make_client_app, model_config
+from fl_server.run_config import RunConfig
 from fl_server.server_app import build_strategy, initial_arrays
 from fl_server.simulation.corpus import Corpus, corpus, record_surprise
 from fl_server.simulation.grid import ProfiledGrid
@@ -109,9 +109,9 @@ def detection(model: GIoTModel, ho: HeldOut, length: int, margin: float) -> tupl
     return f1, float(np.mean(pred == ho.truth)), auroc(ho.truth, score)
 
 
-def bench_config(args: argparse.Namespace, name: str, dense_bytes: int) -> dict[str, Any]:
+def bench_config(args: argparse.Namespace, name: str, dense_bytes: int) -> RunConfig:
     """Run config of one strategy (identical except for the strategy's own knobs)."""
-    return settings(
+    return RunConfig.load(
         {},
         {
             "strategy": name,
@@ -148,7 +148,7 @@ def bench_config(args: argparse.Namespace, name: str, dense_bytes: int) -> dict[
 
 def run_strategy(name: str, args: argparse.Namespace, ho: HeldOut) -> Run:
     """One federation under one strategy."""
-    probe = settings({}, {"vocab-size": len(Vocabulary.default()), "n-positions": args.window,
+    probe = RunConfig.load({}, {"vocab-size": len(Vocabulary.default()), "n-positions": args.window,
                           "n-embd": args.n_embd, "n-head": 2})  # fmt: skip
     dense = sum(int(a.numpy().nbytes) for a in initial_arrays(probe).values())
     cfg = bench_config(args, name, dense)

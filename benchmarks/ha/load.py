@@ -1,6 +1,6 @@
-"""Load benchmark of GIoT in a real Home Assistant (not a test: its name keeps it out of the suite).
+"""Load benchmark of GIoT in a real Home Assistant (a pytest module, but not a test).
 
-Run: ``.venv/bin/python -m pytest tests/ha/bench_load.py -p no:cacheprovider -s`` or
+Run: ``.venv/bin/python -m pytest benchmarks/ha/load.py -p no:cacheprovider -s`` or
 ``scripts/bench ha-load``. Environment: ``GIOT_BENCH_SECONDS`` (per phase, default 20),
 ``GIOT_BENCH_EVENTS`` (state changes per second, default 1000), ``GIOT_BENCH_FLOWS`` (NetFlow v9
 flows per second, default 2000), ``GIOT_BENCH_SENDER`` (``process``, the default: the NetFlow
@@ -588,10 +588,10 @@ def _time_slices(
 
     wrap(coordinator, "_apply", "coordinator._apply")
     wrap(coordinator, "async_set_updated_data", "coordinator.async_set_updated_data")
-    wrap(coordinator, "async_add_flows", "coordinator.async_add_flows")
-    wrap(coordinator, "async_add_event", "coordinator.async_add_event")
-    wrap(coordinator, "_attribute", "coordinator._attribute (one flow)")
-    wrap(coordinator, "_snapshot", "coordinator._snapshot")
+    wrap(coordinator.ingest, "async_add_flows", "ingest.async_add_flows")
+    wrap(coordinator.ingest, "async_add_event", "ingest.async_add_event")
+    wrap(coordinator.devices, "attribute", "devices.attribute (one flow)")
+    wrap(coordinator.hub_store, "_snapshot", "hub_store._snapshot")
     wrap(coordinator.windows, "add", "windows.add")
     wrap(coordinator.state_collector, "_async_state_changed", "state_collector (one change)")
     wrap(json, "dumps", "json.dumps")
@@ -630,7 +630,7 @@ async def _phase(
     samples: list[float] = []
     stalls: list[Stall] = []
     flows_before = coordinator.netflow.stats.flows if coordinator.netflow else 0
-    scored_before, dropped_before = _scored(coordinator), coordinator.dropped
+    scored_before, dropped_before = _scored(coordinator), coordinator.ingest.dropped
     sender = threading.Thread(target=_send, args=(port, datagrams, stop_threads), daemon=True)
     probe = asyncio.create_task(_probe(samples, stop, stalls))
     states = asyncio.create_task(_states(hass, entities, stop))
@@ -661,7 +661,8 @@ async def _phase(
     callbacks.stop()
     scored = _scored(coordinator) - scored_before
     # What is still queued is the backlog; drop it so the next phase starts level.
-    queues = (coordinator._raw_flows, coordinator._pending_flows, coordinator._pending_events)
+    ingest = coordinator.ingest
+    queues = (ingest._raw_flows, ingest._pending_flows, ingest._pending_events)
     backlog = sum(len(queue) for queue in queues)
     for queue in queues:
         queue.clear()
@@ -690,7 +691,7 @@ async def _phase(
         events_sent=events_sent,
         flows_sent=flows_sent,
         scored=scored,
-        dropped=coordinator.dropped - dropped_before,
+        dropped=coordinator.ingest.dropped - dropped_before,
         backlog=backlog,
         lag_max_ms=ordered[-1],
         lag_p99_ms=ordered[int(0.99 * (len(ordered) - 1))],
@@ -829,7 +830,7 @@ async def test_ha_load(hass: HomeAssistant) -> None:
     train_callbacks = _CallbackTimer().start()
     train_reference = _start_reference(15.0)  # about as long as training takes here
     with _GcPauses() as train_gc:
-        result = await coordinator.async_train()
+        result = await coordinator.training.async_train()
         train_wall = time.monotonic() - t_train
         stop_probe.set()
         await probe
@@ -973,7 +974,7 @@ def _report(
     lines = [
         "# GIoT under load in a real Home Assistant",
         "",
-        "- Command: `.venv/bin/python -m pytest tests/ha/bench_load.py -p no:cacheprovider -s`"
+        "- Command: `.venv/bin/python -m pytest benchmarks/ha/load.py -p no:cacheprovider -s`"
         " (or `scripts/bench ha-load`)",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs"

@@ -23,21 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_server.bench.detect_score import (
+from benchmarks.detect_score import (
     DEFAULT_STEPS,
     TrainConfig,
     read_rows,
     score_rows,
     train_detector,
 )
-from fl_server.bench.metrics import CaptureMetrics, capture_metrics, scored_mask
+from benchmarks.metrics import CaptureMetrics, capture_metrics, scored_mask
 from giot_engine.detector import BigramModel, Detector, DetectorConfig
 from giot_engine.records import FlowRecord
 from giot_engine.signature import FEATURE_NAMES
 from giot_engine.tokenizer import STATES, port_class
 from giot_engine.zeek import FlowRow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 Scores = tuple[np.ndarray, np.ndarray]  # per-row score (NaN for rejected), alarm
 
 

@@ -41,7 +41,7 @@ from giot_engine.home_events import detect_format, load_home
 from giot_engine.records import DeviceEvent, ParseStats
 from giot_engine.tokenizer import BOS_ID, Vocabulary
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400.0
 KINDS = ("hour", "toggle", "silent", "stuck")
 ONSET_GAP_S = 600.0  # an alarm after this long without one is a new alarm for the user

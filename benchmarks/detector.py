@@ -29,7 +29,7 @@ from giot_engine.model import GIoTConfig, GIoTModel
 from giot_engine.records import DeviceEvent, FlowRecord
 from giot_engine.tokenizer import Vocabulary
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SERVICES = (
     (443, "tcp", 900, 5200),
     (53, "udp", 70, 140),

@@ -1,7 +1,7 @@
 """Cost on the event loop of the attributor's lookup tables in a big home (not a test).
 
 Run: ``scripts/bench ha-attribution`` (or ``.venv/bin/python -m pytest
-tests/ha/bench_attribution.py -p no:cacheprovider -s``). Environment: ``GIOT_BENCH_DEVICES``
+benchmarks/ha/attribution.py -p no:cacheprovider -s``). Environment: ``GIOT_BENCH_DEVICES``
 (default 1,500, two in three with a MAC connection), ``GIOT_BENCH_TRACKERS`` (default 300),
 ``GIOT_BENCH_OUT`` (results file, default docs/results/ha_attribution.md; empty: print only).
 
@@ -91,7 +91,7 @@ async def test_attribution_refresh(hass: HomeAssistant) -> None:
         "# Attribution tables on the event loop in a big home",
         "",
         "- Command: `scripts/bench ha-attribution`"
-        " (`.venv/bin/python -m pytest tests/ha/bench_attribution.py -p no:cacheprovider -s`)",
+        " (`.venv/bin/python -m pytest benchmarks/ha/attribution.py -p no:cacheprovider -s`)",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {platform.platform()}, {os.cpu_count()} CPUs (shared),"
         f" Python {platform.python_version()}",
