@@ -2,7 +2,7 @@
 
 ``scripts/bench gsfs-aggregate [--nodes 1000] [--budget-fraction 0.04] [--repeats 3]``
 
-Builds ``--nodes`` real GSFS payloads (``giot_engine.gsfs.encode`` of random updates of the
+Builds ``--nodes`` real GSFS payloads (``giot_engine.gsfs_codec.encode`` of random updates of the
 benchmark model, each within the byte budget) as Flower reply Messages, then times
 ``GSFS.aggregate_train`` on them on one core (the process is pinned to one CPU where the OS
 allows): every reply is decoded from its ArrayRecord, validated, streamed into the sparse mean,
@@ -36,7 +36,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fl_server.strategy.gsfs import GSFS, GSFSConfig, _Sent
 from fl_server.strategy.sensing import PlannerConfig
-from giot_engine import gsfs
+from giot_engine import gsfs_codec
 from giot_engine.model import GIoTConfig, GIoTModel
 from giot_engine.tokenizer import Vocabulary
 
@@ -54,8 +54,8 @@ def build_replies(
         update = {
             k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in params.items()
         }
-        enc = gsfs.encode(update, params, budget)
-        wire = gsfs.pack(enc.payload, {k: v.shape for k, v in params.items()})
+        enc = gsfs_codec.encode(update, params, budget)
+        wire = gsfs_codec.pack(enc.payload, {k: v.shape for k, v in params.items()})
         instruction = Message(
             RecordDict({"config": ConfigRecord({"server-round": 1})}),
             dst_node_id=node,

@@ -2,8 +2,9 @@
 
 GSFS rounds (``config["strategy"] == "gsfs"``): merge the partial downlink into the copy of the
 global model this node holds (kept in ``context.state``), train ``local-steps`` with the engine's
-``train_windows``, encode ``w_local - w_held`` with ``giot_engine.gsfs`` into ``gsfs-budget`` bytes
-(sent ``gsfs.pack``ed: five arrays instead of ~70), keep the residual for the next round.
+``train_windows``, encode ``w_local - w_held`` with ``giot_engine.gsfs_codec`` into
+``gsfs-budget`` bytes (sent packed: five arrays instead of ~70), keep the residual for the next
+round.
 Baseline rounds (Flower's FedAvg / FedAdam / FedProx): train from the full global model and
 answer with the full local weights, as those strategies expect (FedProx adds its proximal term
 ``mu/2 ||w - w_global||^2`` to the local loss).
@@ -25,7 +26,7 @@ from flwr.clientapp import ClientApp
 
 from fl_server.data import Windows, load_partition
 from fl_server.run_config import RunConfig
-from giot_engine import gsfs
+from giot_engine import gsfs_codec
 from giot_engine.model import GIoTConfig, GIoTModel
 from giot_engine.tokenizer import PAD_ID
 from giot_engine.train import AdamW, train_windows
@@ -190,10 +191,10 @@ def train_gsfs(msg: Message, context: Context, cfg: RunConfig, windows: Windows)
         scales = {
             k[: -len(".scale")]: float(v[0]) for k, v in shared.items() if k.endswith(".scale")
         }
-        enc = gsfs.encode_shared(update, idx, scales, residual=residual)
+        enc = gsfs_codec.encode_shared(update, idx, scales, residual=residual)
     else:
         budget = int(_num(conf, "gsfs-budget", float(cfg.gsfs_default_budget)))
-        enc = gsfs.encode(update, held, budget, residual=residual)
+        enc = gsfs_codec.encode(update, held, budget, residual=residual)
     compute_s = time.process_time() - t0
     state["gsfs.global"] = ArrayRecord({k: Array(v) for k, v in held.items()})
     state["gsfs.meta"] = ConfigRecord({"state-id": new_state})
@@ -210,7 +211,7 @@ def train_gsfs(msg: Message, context: Context, cfg: RunConfig, windows: Windows)
     }
     payload = enc.payload
     if conf.get("gsfs-mode") != "shared":  # a few arrays instead of ~3 per tensor: less framing
-        payload = gsfs.pack(payload, {k: v.shape for k, v in held.items()})
+        payload = gsfs_codec.pack(payload, {k: v.shape for k, v in held.items()})
     return _reply(msg, payload, metrics)
 
 

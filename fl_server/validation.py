@@ -27,7 +27,7 @@ from flwr.serverapp import (
     SamplingMethod,
 )
 
-from giot_engine import gsfs
+from giot_engine import gsfs_codec
 
 LOG = logging.getLogger(f"flwr.{__name__}")  # shown where Flower shows its own log
 F32 = npt.NDArray[np.float32]
@@ -136,9 +136,9 @@ def validate_sparse(
         problem = _check_tensor(name, payload, numel)
         if problem is not None:
             return None, problem
-        # Decode as gsfs.decode_sparse does; int8 times a finite scale can only overflow to
+        # Decode as gsfs_codec.decode_sparse does; int8 times a finite scale can only overflow to
         # inf, which the norm bound below catches, so no separate finiteness pass is needed.
-        vals = gsfs.dequantize(payload[f"{name}.val"], payload[f"{name}.scale"][0])
+        vals = gsfs_codec.dequantize(payload[f"{name}.val"], payload[f"{name}.scale"][0])
         idx = payload.get(f"{name}.idx")
         sparse[name] = (
             np.arange(numel, dtype=np.int64) if idx is None else idx.astype(np.int64),
@@ -167,7 +167,7 @@ def validate_shared(
         val = payload[f"{name}.val"]
         if val.dtype != np.int8 or val.shape != (len(idx),):
             return None, f"{name}.val: expected int8 ({len(idx)},), got {val.dtype} {val.shape}"
-        out[name] = (np.asarray(idx, np.int64), gsfs.dequantize(val, scales[name]))
+        out[name] = (np.asarray(idx, np.int64), gsfs_codec.dequantize(val, scales[name]))
     norm = _norm(out)
     if norm > limits.max_norm:
         return None, f"update norm {norm:.3g} above bound {limits.max_norm:.3g}"

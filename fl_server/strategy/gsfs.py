@@ -11,8 +11,9 @@ One round (``start`` drives it; ``configure_train`` / ``aggregate_train`` are us
 - plan: per node, a byte budget and local steps from what was sensed about it (``sensing``), and a
   round deadline that the fast majority meets; it is the ``timeout`` the round waits for replies;
 - downlink: per node, only the tensors that moved since the copy the node holds (``downlink``);
-- uplink: each node answers with a GSFS payload (``giot_engine.gsfs``); every reply is validated
-  (``fl_server.validation``) before it counts, rejected ones are logged with node id and reason;
+- uplink: each node answers with a GSFS payload (``giot_engine.gsfs_codec``); every reply is
+  validated (``fl_server.validation``) before it counts, rejected ones are logged with node id
+  and reason;
 - aggregate: per-coordinate weighted mean over the nodes that sent each coordinate (or trimmed
   mean, or DP mean), then the server optimiser (``ServerAdam``: damped momentum by default,
   FedAdam, FedAvgM or plain FedAvg steps). A sent value carries the node's error-feedback
@@ -24,10 +25,10 @@ One round (``start`` drives it; ``configure_train`` / ``aggregate_train`` are us
 - checkpoint: everything needed to continue identically after a restart (``fl_server.checkpoint``).
 
 Reply contract (ClientApp side in ``fl_server.client_app``): one ArrayRecord ``"arrays"`` with the
-payload (``gsfs.pack``ed into five arrays, or per tensor as ``gsfs.encode`` returns it: both are
-accepted and validated alike) and one MetricRecord ``"metrics"`` with ``num-examples``,
-``train-loss``, ``compute-s``, ``local-steps``, ``state-id`` (the downlink copy the node now
-holds) and ``downlink-ok``.
+payload (packed by ``gsfs_codec.pack`` into five arrays, or per tensor as ``gsfs_codec.encode``
+returns it: both are accepted and validated alike) and one MetricRecord ``"metrics"`` with
+``num-examples``, ``train-loss``, ``compute-s``, ``local-steps``, ``state-id`` (the downlink
+copy the node now holds) and ``downlink-ok``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from fl_server.validation import (
     validate_shared,
     validate_sparse,
 )
-from giot_engine import gsfs
+from giot_engine import gsfs_codec
 
 LOG = logging.getLogger(f"flwr.{__name__}")  # shown where Flower shows its own log
 
@@ -284,11 +285,11 @@ class GSFS(Strategy):
         for i, n in enumerate(names):
             mine = pick[(pick >= offsets[i]) & (pick < offsets[i + 1])] - offsets[i]
             if mine.size:
-                self.shared_idx[n] = mine.astype(gsfs.index_dtype(sizes[i]))
+                self.shared_idx[n] = mine.astype(gsfs_codec.index_dtype(sizes[i]))
                 last = self.last_delta.get(n)
                 peak = float(np.max(np.abs(last))) if last is not None else 0.0
                 clip = 2.0 * peak if peak > 0 else self.cfg.shared_clip
-                self.shared_scales[n] = gsfs.shared_scales({n: clip})[n]
+                self.shared_scales[n] = gsfs_codec.shared_scales({n: clip})[n]
 
     def _accept(
         self, msg: Message, shapes: Mapping[str, tuple[int, ...]]
@@ -311,7 +312,7 @@ class GSFS(Strategy):
         try:
             payload = {k: array_numpy(a) for k, a in record.items()}
             if "gsfs.head" in payload and not self.cfg.shared_index:
-                payload = gsfs.unpack(payload, shapes)  # packed wire form, same content
+                payload = gsfs_codec.unpack(payload, shapes)  # packed wire form, same content
         except (TypeError, ValueError) as err:
             log_rejection(node, f"undecodable arrays: {err}")
             self.downlink.forget(node)

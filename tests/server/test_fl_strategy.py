@@ -21,7 +21,7 @@ from fl_server.run_config import RunConfig
 from fl_server.server_app import build_strategy, initial_arrays, run_server
 from fl_server.simulation.grid import LocalGrid
 from fl_server.strategy.gsfs import GSFS, GSFSConfig
-from giot_engine import gsfs
+from giot_engine import gsfs_codec
 
 BASE: dict[str, Any] = {
     "num-server-rounds": 3,
@@ -54,7 +54,7 @@ def _replace_arrays(reply: Message, fn: Any) -> Message:
     """Tamper with a reply per tensor; a packed GSFS reply is sent packed again, as clients do."""
     arrays = {k: a.numpy() for k, a in reply.content.array_records["arrays"].items()}
     if "gsfs.head" in arrays:
-        arrays = gsfs.pack(fn(gsfs.unpack(arrays, SHAPES)), SHAPES)
+        arrays = gsfs_codec.pack(fn(gsfs_codec.unpack(arrays, SHAPES)), SHAPES)
     else:
         arrays = fn(arrays)
     reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
@@ -91,7 +91,7 @@ def test_client_payload_respects_budget() -> None:
 
     def spy(node: int, reply: Message) -> Message:
         seen.append(int(reply.content.metric_records["metrics"]["payload-bytes"]))  # type: ignore[arg-type]
-        assert set(reply.content.array_records["arrays"]) <= set(gsfs.PACKED_KEYS)
+        assert set(reply.content.array_records["arrays"]) <= set(gsfs_codec.PACKED_KEYS)
         return reply
 
     grid.tamper = {1: spy, 2: spy}

@@ -22,7 +22,7 @@ from fl_server.validation import (
     validate_dense,
     validate_sparse,
 )
-from giot_engine import gsfs
+from giot_engine import gsfs_codec
 
 
 def _sp(idx: list[int], vals: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +107,7 @@ def _payload() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     update = {n: (rng.standard_normal(s) * 0.01).astype(np.float32) for n, s in SHAPES.items()}
     weights = {n: np.ones(s, np.float32) for n, s in SHAPES.items()}
-    return gsfs.encode(update, weights, 60).payload
+    return gsfs_codec.encode(update, weights, 60).payload
 
 
 def test_valid_payload_passes() -> None:
