@@ -16,7 +16,7 @@ from giot_engine.hub_detector import HubVerdict
 
 from .attribution import NewAddress
 from .const import ALARM_HOLD, DOMAIN, HUB_KEY, AlertType, Severity
-from .models import DeviceState
+from .models import WatchedDevice
 
 # Families the engine's signature stage names, mapped onto the alert event types.
 FAMILY_TO_ALERT: Mapping[str, AlertType] = {
@@ -58,7 +58,7 @@ class Alerts:
     @callback
     def async_fire_held(
         self,
-        state: DeviceState,
+        state: WatchedDevice,
         alert: AlertType,
         severity: Severity,
         explanation: str,

@@ -64,7 +64,7 @@ from .devices import WatchedDevices
 from .hub_store import HubStore
 from .ingest import EventBatch, FlowBatch, IngestQueue
 from .issues import HealthIssues
-from .models import DeviceState, HubState, NodeAddress, node_from_entry
+from .models import HubState, NodeAddress, WatchedDevice, node_from_entry
 from .netflow_listener import NetFlowListener
 from .state_collector import MonitoredSelection, StateCollector
 from .store import WindowStore
@@ -102,7 +102,7 @@ class GIoTRuntimeData:
         return self.coordinator.node
 
 
-class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, DeviceState]]):
+class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
     """Owns the parts of one entry, their lifecycle, and applying scored batches.
 
     Nothing is polled: collectors push, the coordinator tells the entities.

@@ -22,14 +22,14 @@ from .attribution import DeviceAttributor, NewAddress, is_lan_ip
 from .const import CONF_AREAS, CONF_DEVICES, CONF_LABELS, DOMAIN, LOGGER, MAX_NETWORK_DEVICES
 from .detector_runner import DetectorRunner
 from .hub_store import KNOWN_ADDRESSES_KEY, DeviceRecords, device_from_record
-from .models import DeviceState
+from .models import WatchedDevice
 from .store import WindowStore
 from .training import FEEDBACK_PREFIX
 
 NETWORK_PREFIX = "net:"
 
 
-class WatchedDevices(Mapping[str, DeviceState]):
+class WatchedDevices(Mapping[str, WatchedDevice]):
     """The watched devices by key, and how devices join and leave.
 
     Reads like a mapping (entities and actions look devices up); only the methods here add or
@@ -54,13 +54,13 @@ class WatchedDevices(Mapping[str, DeviceState]):
         self._runner = runner
         self._windows = windows
         self.retention = retention
-        self._states: dict[str, DeviceState] = {}
+        self._states: dict[str, WatchedDevice] = {}
         self._saved: dict[str, Mapping[str, Any]] = {}
         self._network_devices = 0
         self.refused = 0  # network-only addresses not watched: MAX_NETWORK_DEVICES
         self.attributor = DeviceAttributor(hass, on_new_address, storage_key=KNOWN_ADDRESSES_KEY)
 
-    def __getitem__(self, key: str) -> DeviceState:
+    def __getitem__(self, key: str) -> WatchedDevice:
         """Look a device's state up."""
         return self._states[key]
 
@@ -171,7 +171,7 @@ class WatchedDevices(Mapping[str, DeviceState]):
                     )
                 return None
             self._network_devices += 1
-            self._states[key] = DeviceState(key=key, name=address, address=address)
+            self._states[key] = WatchedDevice(key=key, name=address, address=address)
         return key
 
     @callback
@@ -185,7 +185,7 @@ class WatchedDevices(Mapping[str, DeviceState]):
 
     def _track_registry_device(
         self, device: dr.AnyDeviceEntry, ent_reg: er.EntityRegistry
-    ) -> DeviceState:
+    ) -> WatchedDevice:
         """Watch a registry device through one of its own entities (never one of ours)."""
         source = next(
             (

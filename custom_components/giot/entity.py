@@ -13,7 +13,7 @@ from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
 from .const import DOMAIN
 from .coordinator import GIoTConfigEntry, GIoTCoordinator, signal_device_updated
-from .models import DeviceState
+from .models import WatchedDevice
 
 
 def hub_device_info(coordinator: GIoTCoordinator) -> DeviceInfo:
@@ -66,7 +66,7 @@ class GIoTDeviceEntity(GIoTEntity):
         self,
         hass: HomeAssistant,
         coordinator: GIoTCoordinator,
-        device: DeviceState,
+        device: WatchedDevice,
         description: EntityDescription,
     ) -> None:
         """Link the entity to the watched device, or to the hub for network-only devices."""
@@ -94,7 +94,7 @@ class GIoTDeviceEntity(GIoTEntity):
         self.async_on_remove(async_dispatcher_connect(self.hass, signal, self.async_write_ha_state))
 
     @property
-    def device_state(self) -> DeviceState:
+    def device_state(self) -> WatchedDevice:
         """What the coordinator knows about the device now."""
         return self.coordinator.devices[self.device_key]
 
@@ -108,7 +108,7 @@ class GIoTDeviceEntity(GIoTEntity):
 def async_add_device_entities(
     entry: GIoTConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
-    build: Callable[[DeviceState], Iterable[Entity]],
+    build: Callable[[WatchedDevice], Iterable[Entity]],
 ) -> None:
     """Add entities for every watched device now, and for devices that appear later."""
     coordinator = entry.runtime_data.coordinator

@@ -20,7 +20,7 @@ from homeassistant.util import dt as dt_util
 
 from .const import DOMAIN, SAVE_DELAY_S
 from .detector_runner import DetectorRunner
-from .models import DeviceState, HubState
+from .models import HubState, WatchedDevice
 
 STORAGE_VERSION = 1
 KNOWN_ADDRESSES_KEY = f"{DOMAIN}.known_addresses"
@@ -36,7 +36,7 @@ class HubStore:
         hass: HomeAssistant,
         entry_id: str,
         hub: HubState,
-        devices: Mapping[str, DeviceState],
+        devices: Mapping[str, WatchedDevice],
         runner: DetectorRunner,
     ) -> None:
         """Name the entry's store; ``devices`` are the watched devices (read at save time)."""
@@ -98,7 +98,7 @@ class HubStore:
         }
 
 
-def _device_record(state: DeviceState) -> dict[str, Any]:
+def _device_record(state: WatchedDevice) -> dict[str, Any]:
     """Record what a restart keeps of a device (its alarm and learnt state live elsewhere)."""
     return {
         "name": state.name,
@@ -110,9 +110,9 @@ def _device_record(state: DeviceState) -> dict[str, Any]:
     }
 
 
-def device_from_record(key: str, name: str, saved: Mapping[str, Any]) -> DeviceState:
+def device_from_record(key: str, name: str, saved: Mapping[str, Any]) -> WatchedDevice:
     """Rebuild a saved device; a registry device's current name wins over the saved one."""
-    state = DeviceState(key=key, name=name, address=saved.get("address"))
+    state = WatchedDevice(key=key, name=name, address=saved.get("address"))
     if until := saved.get("snoozed_until"):
         state.snoozed_until = dt_util.parse_datetime(until)
     if last_seen := saved.get("last_seen"):

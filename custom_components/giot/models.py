@@ -30,7 +30,7 @@ def node_from_entry(entry: ConfigEntry) -> NodeAddress | None:
 
 
 @dataclass(slots=True)
-class DeviceState:
+class WatchedDevice:
     """What GIoT knows about one watched device.
 
     ``key`` is the Home Assistant device id for registry devices and ``net:<address>`` for

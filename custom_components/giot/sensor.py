@@ -18,7 +18,7 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from .const import FederationStatus
 from .coordinator import GIoTConfigEntry, GIoTCoordinator
 from .entity import GIoTDeviceEntity, GIoTHubEntity, async_add_device_entities
-from .models import DeviceState
+from .models import WatchedDevice
 
 # The coordinator pushes; entities only read what it holds.
 PARALLEL_UPDATES = 0
@@ -30,8 +30,8 @@ type SensorValue = str | int | float | datetime | None
 class GIoTDeviceSensorEntityDescription(SensorEntityDescription):
     """A per-device sensor and how to read it."""
 
-    value_fn: Callable[[DeviceState], SensorValue]
-    attributes_fn: Callable[[DeviceState], dict[str, Any]] | None = None
+    value_fn: Callable[[WatchedDevice], SensorValue]
+    attributes_fn: Callable[[WatchedDevice], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,13 +1,13 @@
 """Records per second through the whole online detector, one record at a time vs batched.
 
-``scripts/bench detector [--devices N] [--records N]``: a synthetic home (N LAN devices, each with
-a few services of its own, flows interleaved in time, plus state changes of a few HA devices)
-streams through ``Detector.process`` (one record per call, as a hub without batching would) and
-through ``Detector.process_many`` in batches (as Home Assistant's coordinator calls it), with the
-default GIoT model size (width 64, 2 layers, 2 heads, 64 positions; random weights: speed does
+``scripts/bench detector-throughput [--devices N] [--records N]``: a synthetic home (N LAN devices,
+each with a few services of its own, flows interleaved in time, plus state changes of a few HA
+devices) streams through ``Detector.process`` (one record per call, as a hub without batching would)
+and through ``Detector.process_many`` in batches (as Home Assistant's coordinator calls it), with
+the default GIoT model size (width 64, 2 layers, 2 heads, 64 positions; random weights: speed does
 not depend on them) and with the bigram fallback. Everything a record costs is in the number:
-tokens, signature features, model, calibration, decision. Process CPU time, one thread.
-Writes docs/results/detector.md.
+tokens, signature features, model, calibration, decision. Process CPU time, one thread. Writes
+docs/results/detector.md.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def measure(model: TokenScorer, records: Sequence[FlowRecord | DeviceEvent], bat
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
-    ap = argparse.ArgumentParser(prog="scripts/bench detector", description=__doc__)
+    ap = argparse.ArgumentParser(prog="scripts/bench detector-throughput", description=__doc__)
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--records", type=int, default=6000)
     ap.add_argument("--batches", default="1,64,256,1024")
@@ -134,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(f"| {name} | {b} | {r:,.0f} | {1e6 / r:.0f} |")
             print(rows[-1], flush=True)
     cfg = DetectorConfig()
-    command = " ".join(["scripts/bench detector", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(
+        ["scripts/bench detector-throughput", *(argv if argv is not None else sys.argv[1:])]
+    )
     machine = (
         f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs (shared), Python "
         f"{platform.python_version()}, numpy {np.__version__}; 1-min load average "
