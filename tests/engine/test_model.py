@@ -9,13 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from giot_engine.model import (
-    GIoTConfig,
-    GIoTModel,
-    load_safetensors,
-    param_shapes,
-    save_safetensors,
-)
+from giot_engine.model import GIoTConfig, GIoTModel, param_shapes
+from giot_engine.safetensors import load_safetensors, save_safetensors
 
 TINY = GIoTConfig(vocab_size=13, n_positions=8, n_embd=8, n_layer=2, n_head=2)
 SMALL = GIoTConfig(vocab_size=50, n_positions=24, n_embd=32, n_layer=2, n_head=4)

@@ -4,7 +4,7 @@ The math is that of transformers' ``GPT2LMHeadModel`` (learned positions, pre-LN
 causal attention scaled by 1/sqrt(head_dim), final ln_f, LM head tied to ``wte``, Conv1D weights
 stored [in, out]) so that one set of weights runs here, in torch and in ONNX Runtime, and so that a
 saved directory loads with ``AutoModelForCausalLM.from_pretrained``. Inside Home Assistant only
-numpy exists, hence the hand-written backward pass and the tiny safetensors codec.
+numpy exists, hence the hand-written backward pass (and ``safetensors.py``).
 
 Two forward paths share the weights: ``_forward`` keeps what the backward pass needs (training,
 ``logits``); ``score_append`` is the detector's hot path (``token_nll`` uses it too): each token
@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .safetensors import load_safetensors, save_safetensors
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.integer[Any]]
@@ -137,57 +138,6 @@ def param_shapes(config: GIoTConfig) -> dict[str, tuple[int, ...]]:
             h + "mlp.c_proj.weight": (4 * c, c), h + "mlp.c_proj.bias": (c,),
         }  # fmt: skip
     return shapes | {"transformer.ln_f.weight": (c,), "transformer.ln_f.bias": (c,)}
-
-
-# --------------------------------------------------------------------------- safetensors (F32)
-_ST_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
-
-
-def save_safetensors(
-    path: str | os.PathLike[str],
-    tensors: Mapping[str, np.ndarray],
-    metadata: Mapping[str, str] | None = None,
-) -> None:
-    """Write the safetensors layout: u64 header length, JSON header, then raw little-endian data."""
-    header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
-    blobs, offset = [], 0
-    for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name], dtype="<f4")
-        header[name] = {
-            "dtype": "F32",
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + arr.nbytes],
-        }
-        blobs.append(arr.tobytes())
-        offset += arr.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format pads the header so the data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for blob in blobs:
-            f.write(blob)
-
-
-def load_safetensors(path: str | os.PathLike[str]) -> dict[str, FloatArray]:
-    """Read a safetensors file (F32/F64/F16/BF16/ints), returning float32 arrays."""
-    data = Path(path).read_bytes()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    body = memoryview(data)[8 + n :]
-    out: dict[str, FloatArray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-            bits = np.frombuffer(body[start:end], dtype="<u2").astype(np.uint32) << 16
-            arr = bits.view(np.float32)
-        elif info["dtype"] in _ST_DTYPES:
-            arr = np.frombuffer(body[start:end], dtype=_ST_DTYPES[info["dtype"]])
-        else:
-            raise ValueError(f"{path}: unsupported dtype {info['dtype']} for {name}")
-        out[name] = arr.astype(np.float32).reshape(info["shape"])
-    return out
 
 
 # --------------------------------------------------------------------------- building blocks
