@@ -438,7 +438,7 @@ class GIoTModel:
         pos = past[:, None] + np.arange(t)  # (b or 1, t) positions of the new tokens
         total = int((past + lengths).max())  # the keys that real tokens see
         x = np.take(wte, ids.reshape(-1), axis=0, out=_buf(ws, "x", (n, c), dt))
-        x.reshape(b, t, c)[...] += p["transformer.wpe.weight"][np.minimum(pos, cfg.n_positions - 1)]
+        x.reshape(b, t, c)[...] += np.take(p["transformer.wpe.weight"], pos, 0, mode="clip")
         visible = np.arange(total) <= pos[:, :, None]  # key j is visible to the new token at pos
         mask = np.where(visible, dt.type(0.0), dt.type(-np.inf))[:, None]  # (b or 1, 1, t, total)
         for i in range(cfg.n_layer):
@@ -755,11 +755,11 @@ class GIoTModel:
         xhat = self._forward(f, cache, rows, past, ids, lengths)
         w_f = p["transformer.ln_f.weight"] * _LOG2E  # base-2 logits for exp2: (h log2 e) @ wte^T
         b_f = p["transformer.ln_f.bias"] * _LOG2E
-        empty = np.broadcast_to(past == 0, (b,))  # a first token has nothing to be predicted from
+        empty = (past == 0)[:, None]  # (b or 1, 1): a first token has nothing to predict it
         # the row predicting new token j: the cached last position for j = 0, else token j - 1
         pred = _buf(ws, "rows", (b, t, c), xhat.dtype)
         pred[:, 0] = cache.last[rows]
-        pred[empty, 0] = 0.0
+        np.copyto(pred[:, 0], 0.0, where=empty)
         np.multiply(xhat[:, : t - 1], w_f, out=pred[:, 1:])
         pred[:, 1:] += b_f
         end = np.arange(b), lengths - 1
@@ -772,7 +772,7 @@ class GIoTModel:
         )
         with np.errstate(invalid="ignore", over="ignore"):  # padding rows may hold junk
             nll = _nll_from_logits(logits, ids.reshape(-1), f.exp_safe).reshape(b, t)
-        nll[empty, 0] = np.nan
+        np.copyto(nll[:, :1], np.nan, where=empty)
         return nll
 
     # ----------------------------------------------------------------- persistence (HF layout)
