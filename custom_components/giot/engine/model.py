@@ -510,6 +510,7 @@ class GIoTModel:
         self, ids: IntArray, loss_mask: npt.NDArray[np.bool_] | None = None
     ) -> tuple[float, dict[str, FloatArray]]:
         """Mean next-token NLL over targets where ``loss_mask`` (B, T-1) holds, and its grads."""
+        saved: list[dict[str, FloatArray]]
         ids = self._check_ids(ids)
         b, t = ids.shape
         sel = np.ones((b, t - 1), bool) if loss_mask is None else np.asarray(loss_mask, bool)
@@ -519,7 +520,7 @@ class GIoTModel:
         n = int(sel.sum())
         if n == 0:
             return 0.0, grads
-        f, saved = self._fused(), list[dict[str, FloatArray]]()
+        f, saved = self._fused(), []
         xhat = self._windows(f, ids, saved).reshape(b * t, -1)
         xf = xhat * self.params["transformer.ln_f.weight"] + self.params["transformer.ln_f.bias"]
         rows = np.concatenate([sel, np.zeros((b, 1), bool)], axis=1).reshape(-1)
