@@ -757,23 +757,25 @@ class GIoTModel:
         w_f = p["transformer.ln_f.weight"] * _LOG2E  # base-2 logits for exp2: (h log2 e) @ wte^T
         b_f = p["transformer.ln_f.bias"] * _LOG2E
         empty = (past == 0)[:, None]  # (b or 1, 1): a first token has nothing to predict it
+        any_empty = bool(empty.any())
         # the row predicting new token j: the cached last position for j = 0, else token j - 1
         pred = _buf(ws, "rows", (b, t, c), xhat.dtype)
         pred[:, 0] = cache.last[rows]
-        np.copyto(pred[:, 0], 0.0, where=empty)
+        if any_empty:
+            np.copyto(pred[:, 0], 0.0, where=empty)
         np.multiply(xhat[:, : t - 1], w_f, out=pred[:, 1:])
         pred[:, 1:] += b_f
-        end = np.arange(b), lengths - 1
-        cache.last[rows] = xhat[end] * w_f + b_f
-        cache.last_token[rows] = ids[end]
+        end = np.arange(0, n, t) + lengths - 1  # each row's last real token
+        cache.last[rows] = xhat.reshape(n, c)[end] * w_f + b_f
+        cache.last_token[rows] = ids.reshape(n)[end]
         logits = np.matmul(
             pred.reshape(n, c),
             p["transformer.wte.weight"].T,
             out=_buf(ws, "logits", (n, cfg.vocab_size), xhat.dtype),
         )
-        with np.errstate(invalid="ignore", over="ignore"):  # padding rows may hold junk
-            nll = _nll_from_logits(logits, ids.reshape(-1), f.exp_safe).reshape(b, t)
-        np.copyto(nll[:, :1], np.nan, where=empty)
+        nll = _nll_from_logits(logits, ids.reshape(-1), f.exp_safe).reshape(b, t)
+        if any_empty:
+            np.copyto(nll[:, :1], np.nan, where=empty)
         return nll
 
     # ----------------------------------------------------------------- persistence (HF layout)
