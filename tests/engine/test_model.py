@@ -9,13 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from giot_engine.model import (
-    GIoTConfig,
-    GIoTModel,
-    load_safetensors,
-    param_shapes,
-    save_safetensors,
-)
+from giot_engine.model import GIoTConfig, GIoTModel, param_shapes
+from giot_engine.safetensors import load_safetensors, save_safetensors
 
 TINY = GIoTConfig(vocab_size=13, n_positions=8, n_embd=8, n_layer=2, n_head=2)
 SMALL = GIoTConfig(vocab_size=50, n_positions=24, n_embd=32, n_layer=2, n_head=4)
@@ -198,6 +193,35 @@ def test_pool_rows_score_contexts_of_different_lengths_like_whole_windows() -> N
         model.score_rows(pool, slots[:1], np.array([20]), ids[:1, :5])
     with pytest.raises(ValueError, match="distinct rows"):
         model.score_rows(pool, np.array([1, 1]), np.array([0, 0]), ids[:2, :2])
+
+
+def test_every_use_of_the_forward_pass_gives_the_same_scores() -> None:
+    """Training's forward, whole windows, streaming and padded pool rows: one pass, one answer."""
+    model = _perturbed(SMALL, 8, scale=0.2)
+    rng = np.random.default_rng(10)
+    ids = _ids(SMALL, 12, 24, seed=11)
+    reference = _nll_from_logits(model, ids)  # logits: the training forward, no cache, no tricks
+    mask = rng.random((12, 23)) < 0.6
+    loss, _ = model.loss_and_grads(ids, mask)
+    assert loss == pytest.approx(float(reference[mask].mean()), rel=1e-5)
+    np.testing.assert_allclose(model.token_nll(ids), reference, rtol=1e-5, atol=1e-5)
+    cache = model.new_cache(12)
+    stream = [model.score_append(cache, ids[:, a : a + 5]) for a in range(0, 24, 5)]
+    np.testing.assert_allclose(np.hstack(stream)[:, 1:], reference, rtol=1e-5, atol=1e-5)
+    # pool rows: arbitrary slots, each row its own context length and number of real tokens
+    pool, slots = model.new_cache(20), rng.permutation(20)[:12]
+    length, got = np.zeros(12, np.intp), np.full((12, 24), np.nan)
+    while (length < 24).any():
+        lens = np.minimum(rng.integers(1, 7, 12), 24 - length)
+        rows = np.flatnonzero(lens)
+        new = rng.integers(0, SMALL.vocab_size, (len(rows), 6))  # padding: any ids
+        for r, i in enumerate(rows):
+            new[r, : lens[i]] = ids[i, length[i] : length[i] + lens[i]]
+        nll = model.score_rows(pool, slots[rows], length[rows], new, lens[rows])
+        for r, i in enumerate(rows):
+            got[i, length[i] : length[i] + lens[i]] = nll[r, : lens[i]]
+        length += lens
+    np.testing.assert_allclose(got[:, 1:], reference, rtol=1e-5, atol=1e-5)
 
 
 def test_scoring_stays_exact_with_large_weights() -> None:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from giot_engine.context import ContextScorer
+from giot_engine.context import CachedScorer, ContextScorer
 from giot_engine.detector import BigramModel
 from giot_engine.model import GIoTConfig, GIoTModel
 from giot_engine.model_manager import BlendScorer
@@ -20,12 +20,12 @@ class _WindowsOnly:
         return self.inner.token_nll(ids)
 
 
-def _blend(*, use_model: bool) -> BlendScorer:
+def _blend() -> BlendScorer:
     rng = np.random.default_rng(3)
     model = GIoTModel.init(GIoTConfig(VOCAB, n_positions=32, n_embd=16, n_layer=1, n_head=2), 0)
     for name, p in model.params.items():
         model.params[name] = p + rng.normal(0.0, 0.1, p.shape).astype(np.float32)
-    return BlendScorer(model, BigramModel(rng.random((VOCAB, VOCAB)) * 4), use_model=use_model)
+    return BlendScorer(model, BigramModel(rng.random((VOCAB, VOCAB)) * 4))
 
 
 def _requests() -> list[tuple[str, list[int], list[int]]]:
@@ -37,8 +37,9 @@ def _requests() -> list[tuple[str, list[int], list[int]]]:
 
 
 def test_cached_mixture_equals_the_mixture_of_whole_windows() -> None:
-    blend = _blend(use_model=True)
-    assert hasattr(blend, "score_groups")
+    blend = _blend()
+    assert isinstance(blend, CachedScorer)
+    assert not isinstance(_WindowsOnly(blend), CachedScorer)
     cached = ContextScorer(blend, 32, 26, 26).score(_requests())  # carry = keep: sliding
     windows = ContextScorer(_WindowsOnly(blend), 32, 26, 26).score(_requests())
     for c, w in zip(cached, windows, strict=True):
@@ -46,8 +47,7 @@ def test_cached_mixture_equals_the_mixture_of_whole_windows() -> None:
 
 
 def test_bigram_alone_offers_no_cache() -> None:
-    blend = _blend(use_model=False)
-    assert not hasattr(blend, "score_groups")
-    assert not hasattr(blend, "new_cache")
-    got = ContextScorer(blend, 32, 26, 26).score(_requests())
+    bigram = _blend().bigram  # what the hub scores with until the model beats the counts
+    assert not isinstance(bigram, CachedScorer)
+    got = ContextScorer(bigram, 32, 26, 26).score(_requests())
     assert all(np.isfinite(g).all() for g in got)

@@ -5,14 +5,14 @@ transformer spends its time in Python and in tiny matrix products (about 300 µs
 batched across devices, the same arithmetic runs at about half of the core's matmul peak
 (docs/results/cost.md). Two ways, the same contract:
 
-- ``GIoTModel`` keeps a KV cache per device (rows of one pool): a record costs only its own
-  tokens. The context is a window that starts with ``[BOS]`` and the device's last
-  ``carry_tokens`` tokens and grows by each record until the next one would not fit in the
-  model's positions; then it starts again (those carried tokens are recomputed at their new
-  positions). So a record sees between ``carry_tokens`` and ``context_tokens - 1`` tokens of its
-  device's past; ``carry_tokens = keep`` gives the sliding window exactly, at the cost of a
-  whole window per record.
-- any other ``token_nll`` scorer (the bigram fallback) gets the sliding window: the device's last
+- a ``CachedScorer`` (``GIoTModel``, or a host's blend of it) keeps a KV cache per device (rows
+  of one pool): a record costs only its own tokens. The context is a window that starts with
+  ``[BOS]`` and the device's last ``carry_tokens`` tokens and grows by each record until the next
+  one would not fit in the model's positions; then it starts again (those carried tokens are
+  recomputed at their new positions). So a record sees between ``carry_tokens`` and
+  ``context_tokens - 1`` tokens of its device's past; ``carry_tokens = keep`` gives the sliding
+  window exactly, at the cost of a whole window per record.
+- any other ``TokenScorer`` (the bigram fallback) gets the sliding window: the device's last
   ``keep`` tokens, sequences of equal length batched into one call.
 
 Cached keys/values belong to the weights that computed them, so setting ``model`` drops every
@@ -25,10 +25,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .model import GIoTConfig, KVCache
 from .tokenizer import BOS_ID, PAD_ID
 
 # widths new tokens are padded to: a round needs few shapes (padding costs < 1/3 of the work)
@@ -41,6 +42,36 @@ class TokenScorer(Protocol):
 
     def token_nll(self, ids: np.ndarray) -> np.ndarray:
         """(B, T) int ids -> (B, T-1) NLL of ids[:, 1:] given the tokens before each."""
+        ...
+
+
+# (pool rows, their context lengths, new token ids (b, t), real tokens per row or None: all)
+Group = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+
+
+@runtime_checkable
+class CachedScorer(TokenScorer, Protocol):
+    """A transformer: records scored against per-device KV caches, attention to show.
+
+    ``ContextScorer`` and the detector's explanations take this path by type; any other
+    ``TokenScorer`` (bigram counts) gets whole sliding windows and no attention.
+    """
+
+    @property
+    def config(self) -> GIoTConfig:
+        """The model's shape (positions bound a window)."""
+        ...
+
+    def new_cache(self, batch: int) -> KVCache:
+        """Return an empty cache of ``batch`` rows (a pool of devices' contexts)."""
+        ...
+
+    def score_groups(self, cache: KVCache, groups: Sequence[Group]) -> list[np.ndarray]:
+        """NLL of each group's new tokens, appended to their rows (``GIoTModel.score_groups``)."""
+        ...
+
+    def attention(self, ids: np.ndarray) -> np.ndarray:
+        """Attention probabilities (n_layer, n_head, T, T) of one window (T,)."""
         ...
 
 
@@ -88,10 +119,11 @@ class ContextScorer:
         self.carry = max(0, min(carry_tokens, keep))
         self.max_devices = max_devices
         self._windows: OrderedDict[str, _Window] = OrderedDict()  # least recently used first
-        self._pool: Any = None  # KVCache of the current model, rows = slots
+        self._pool: KVCache | None = None  # the current model's, rows = slots
         self._free: list[int] = []
         self._between: Callable[[], object] = _nothing
         self._model = model
+        self._cached = _as_cached(model)
         self._next: TokenScorer | None = None  # set by another thread, taken by the next score
         self._swap = threading.Lock()
 
@@ -123,7 +155,7 @@ class ContextScorer:
         with self._swap:
             model, self._next = self._next, None
         if model is not None:
-            self._model = model
+            self._model, self._cached = model, _as_cached(model)
             self.clear()
 
     def clear(self) -> None:
@@ -153,7 +185,8 @@ class ContextScorer:
         """
         self._between = between or _nothing
         self._take_new_model()
-        if not hasattr(self._model, "score_groups") or not hasattr(self._model, "new_cache"):
+        model = self._cached
+        if model is None:
             return self._score_windows(requests)
         # at most max_devices windows per model call; a device's window evicted between calls
         # restarts from its history plus what it appended in the earlier calls
@@ -165,7 +198,7 @@ class ContextScorer:
             seen: Sequence[int] = history
             if device not in in_chunk:
                 if len(in_chunk) == self.max_devices:
-                    out += self._score_cached(chunk)
+                    out += self._score_cached(model, chunk)
                     chunk, in_chunk = [], set()
                 in_chunk.add(device)
                 if before := appended.get(device):
@@ -174,7 +207,7 @@ class ContextScorer:
             tail = appended.setdefault(device, [])
             tail.extend(ids)
             del tail[: max(0, len(tail) - self.keep)]
-        return out + self._score_cached(chunk)
+        return out + self._score_cached(model, chunk)
 
     # -- any token_nll scorer: sliding windows, equal lengths batched --------------------------
     def _score_windows(self, requests: Sequence[Request]) -> list[np.ndarray]:
@@ -201,21 +234,21 @@ class ContextScorer:
                 self._between()
         return out
 
-    # -- GIoTModel: one KV-cached window per device, rows of one pool -------------------------
-    def _score_cached(self, requests: Sequence[Request]) -> list[np.ndarray]:
+    # -- CachedScorer: one KV-cached window per device, rows of one pool ----------------------
+    def _score_cached(self, model: CachedScorer, requests: Sequence[Request]) -> list[np.ndarray]:
         if not requests:
             return []
-        plans = self._plan(requests)
-        self._ensure_pool(self._model)
+        plans = self._plan(model.config.n_positions, requests)
+        pool = self._ensure_pool(model)
         out: list[np.ndarray] = [np.empty(0)] * len(requests)
         for k in range(max(len(s) for s in plans.values())):
-            self._run([segments[k] for segments in plans.values() if k < len(segments)], out)
+            self._run(model, pool, [s[k] for s in plans.values() if k < len(s)], out)
             self._between()
         return out
 
-    def _plan(self, requests: Sequence[Request]) -> dict[str, list[_Segment]]:
+    def _plan(self, positions: int, requests: Sequence[Request]) -> dict[str, list[_Segment]]:
         """Per device, the runs of tokens to append: a new run wherever its window restarts."""
-        capacity = min(self.context_tokens, int(self._model.config.n_positions))  # type: ignore[attr-defined]
+        capacity = min(self.context_tokens, positions)
         plans: dict[str, list[_Segment]] = {}
         for i, (device, history, ids) in enumerate(requests):
             self._between()
@@ -237,13 +270,16 @@ class ContextScorer:
             window.cached = len(window.tokens)
         return plans
 
-    def _run(self, segments: list[_Segment], out: list[np.ndarray]) -> None:
+    def _run(
+        self, model: CachedScorer, pool: KVCache, segments: list[_Segment], out: list[np.ndarray]
+    ) -> None:
         """Score one segment per device in one model call (grouped by padded width)."""
         by_width: dict[int, list[_Segment]] = {}
         for seg in segments:
             width = next(w for w in _WIDTHS if w >= len(seg.ids))
             by_width.setdefault(width, []).append(seg)
-        groups, members = [], []
+        groups: list[Group] = []
+        members = []
         for width, group in sorted(by_width.items()):
             lengths = np.fromiter((len(s.ids) for s in group), np.intp, len(group))
             ids = np.full((len(group), width), PAD_ID, np.int64)
@@ -253,8 +289,7 @@ class ContextScorer:
             past = np.fromiter((s.past for s in group), np.intp, len(group))
             groups.append((rows, past, ids, lengths))
             members.append(group)
-        model: Any = self._model
-        for group, nll in zip(members, model.score_groups(self._pool, groups), strict=True):
+        for group, nll in zip(members, model.score_groups(pool, groups), strict=True):
             for row, seg in enumerate(group):
                 for i, start, length in seg.answers:
                     out[i] = np.asarray(nll[row, start : start + length], np.float64)
@@ -270,11 +305,11 @@ class ContextScorer:
         window = self._windows[device] = _Window(slot, [BOS_ID, *_last(history, self.carry)], 0)
         return window
 
-    def _ensure_pool(self, model: Any) -> None:
+    def _ensure_pool(self, model: CachedScorer) -> KVCache:
         need = max(w.slot for w in self._windows.values()) + 1
         have = 0 if self._pool is None else int(self._pool.last.shape[0])
-        if need <= have:
-            return
+        if self._pool is not None and need <= have:
+            return self._pool
         size = max(need, min(max(2 * have, 16), self.max_devices))
         pool = model.new_cache(size)
         if self._pool is not None:  # keep what the old rows hold
@@ -286,11 +321,20 @@ class ContextScorer:
             pool.last_token[:have] = self._pool.last_token
             pool.scratch = self._pool.scratch
         self._pool = pool
+        return pool
 
 
 def _last(tokens: Sequence[int], n: int) -> list[int]:
     """Return the last ``n`` tokens (none for n <= 0)."""
     return list(tokens)[max(0, len(tokens) - n) :] if n > 0 else []
+
+
+def _as_cached(model: TokenScorer) -> CachedScorer | None:
+    """Return the model if it is a ``CachedScorer``, else None.
+
+    Asked once per model: Python 3.11 takes ~12 µs to check a runtime protocol.
+    """
+    return model if isinstance(model, CachedScorer) else None
 
 
 def _nothing() -> None:

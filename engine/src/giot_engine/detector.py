@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from .context import ContextScorer, TokenScorer
+from .context import CachedScorer, ContextScorer, TokenScorer
 from .describe import describe_expected, expected_next
 from .records import DeviceEvent, FlowRecord
 from .signature import FAMILIES, BehaviourWindow, SignatureHead
@@ -532,12 +532,12 @@ class Detector:
 
     def _attended(self, st: DeviceState, ids: list[int], top: int) -> list[tuple[int, float]]:
         """Context positions the model attended to for the record's ``top`` token (top 5)."""
-        if not hasattr(self.model, "params") or not hasattr(self.model, "config"):
+        if not isinstance(self.model, CachedScorer):  # bigram counts attend to nothing
             return []
         room = self.config.context_tokens - 1 - len(ids)
         ctx = list(st.ids)[len(st.ids) - min(room, len(st.ids)) :]
         seq = np.asarray([BOS_ID, *ctx, *ids], dtype=np.int64)
-        att = attention_maps(self.model.params, self.model.config, seq)  # (L, H, T, T)
+        att = self.model.attention(seq)  # (L, H, T, T)
         query = 1 + len(ctx) + top - 1  # the position whose output predicts token ``top``
         weights = att[:, :, query, 1 : 1 + len(ctx)].mean(axis=(0, 1))
         offset = len(st.ids) - len(ctx)  # positions count from the start of ``st.ids``
@@ -664,46 +664,6 @@ class Detector:
             )
             out[i] = math.log(n + a) + mixed
         return out
-
-
-def attention_maps(params: Mapping[str, np.ndarray], config: object, ids: np.ndarray) -> np.ndarray:
-    """Attention weights (n_layer, n_head, T, T) of a GPT-2 model for one id sequence.
-
-    The same computation as ``GIoTModel``'s forward pass (pre-LayerNorm blocks, scaled causal
-    softmax), redone from the parameters because the model does not expose its attention.
-    """
-    n_layer, n_head = int(getattr(config, "n_layer")), int(getattr(config, "n_head"))  # noqa: B009
-    eps = float(getattr(config, "layer_norm_epsilon", 1e-5))
-    t = len(ids)
-    x = (params["transformer.wte.weight"][ids] + params["transformer.wpe.weight"][:t]).astype(
-        np.float64
-    )
-    c = x.shape[1]
-    hd = c // n_head
-    mask = np.triu(np.full((t, t), -np.inf), 1)
-    maps = []
-
-    def ln(z: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        zc = z - z.mean(axis=1, keepdims=True)
-        out: np.ndarray = zc / np.sqrt((zc * zc).mean(axis=1, keepdims=True) + eps) * w + b
-        return out
-
-    for i in range(n_layer):
-        h = f"transformer.h.{i}."
-        h1 = ln(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"])
-        qkv = h1 @ params[h + "attn.c_attn.weight"] + params[h + "attn.c_attn.bias"]
-        q, k, v = qkv.reshape(t, 3, n_head, hd).transpose(1, 2, 0, 3)  # (H, T, hd) each
-        s = q @ k.transpose(0, 2, 1) / math.sqrt(hd) + mask
-        s = np.exp(s - s.max(axis=-1, keepdims=True))
-        att = s / s.sum(axis=-1, keepdims=True)
-        maps.append(att)
-        y = (att @ v).transpose(1, 0, 2).reshape(t, c)
-        x = x + y @ params[h + "attn.c_proj.weight"] + params[h + "attn.c_proj.bias"]
-        h2 = ln(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"])
-        a = h2 @ params[h + "mlp.c_fc.weight"] + params[h + "mlp.c_fc.bias"]
-        g = 0.5 * a * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a**3)))
-        x = x + g @ params[h + "mlp.c_proj.weight"] + params[h + "mlp.c_proj.bias"]
-    return np.stack(maps)
 
 
 def _quantile(ranked: list[float], q: float) -> float:

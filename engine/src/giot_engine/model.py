@@ -4,15 +4,16 @@ The math is that of transformers' ``GPT2LMHeadModel`` (learned positions, pre-LN
 causal attention scaled by 1/sqrt(head_dim), final ln_f, LM head tied to ``wte``, Conv1D weights
 stored [in, out]) so that one set of weights runs here, in torch and in ONNX Runtime, and so that a
 saved directory loads with ``AutoModelForCausalLM.from_pretrained``. Inside Home Assistant only
-numpy exists, hence the hand-written backward pass and the tiny safetensors codec.
+numpy exists, hence the hand-written backward pass (and ``safetensors.py``).
 
-Two forward paths share the weights: ``_forward`` keeps what the backward pass needs (training,
-``logits``); ``score_append`` is the detector's hot path (``token_nll`` uses it too): each token
-is computed once against a KV cache of its device's context, devices are batched into one GEMM,
-LayerNorm affines and the attention scale are folded into GEMM weights, the key bias (which
-cancels in the softmax) is dropped and the value bias moves behind the projection, exp() is
-exp2() on base-2 scores (twice as fast in numpy), reusable work buffers avoid page faults, and
-the LM head runs only on rows whose prediction is scored. Same math, float32 rounding aside.
+One forward pass (``_forward``) serves training, ``logits``, attention maps and the detector's
+hot path alike: new tokens appended to a KV cache (training and whole windows start from an
+empty one), so each token is computed once and devices are batched into one GEMM. It is built
+for that hot path: LayerNorm affines and the attention scale are folded into GEMM weights, the
+key bias (which cancels in the softmax) is dropped and the value bias moves behind the
+projection, exp() is exp2() on base-2 scores (twice as fast in numpy), reusable work buffers
+avoid page faults, and the LM head runs only on rows whose prediction is scored. The backward
+pass differentiates through the folded weights. Same math as GPT-2, float32 rounding aside.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .safetensors import load_safetensors, save_safetensors
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.integer[Any]]
@@ -139,64 +141,20 @@ def param_shapes(config: GIoTConfig) -> dict[str, tuple[int, ...]]:
     return shapes | {"transformer.ln_f.weight": (c,), "transformer.ln_f.bias": (c,)}
 
 
-# --------------------------------------------------------------------------- safetensors (F32)
-_ST_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
-
-
-def save_safetensors(
-    path: str | os.PathLike[str],
-    tensors: Mapping[str, np.ndarray],
-    metadata: Mapping[str, str] | None = None,
-) -> None:
-    """Write the safetensors layout: u64 header length, JSON header, then raw little-endian data."""
-    header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
-    blobs, offset = [], 0
-    for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name], dtype="<f4")
-        header[name] = {
-            "dtype": "F32",
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + arr.nbytes],
-        }
-        blobs.append(arr.tobytes())
-        offset += arr.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format pads the header so the data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for blob in blobs:
-            f.write(blob)
-
-
-def load_safetensors(path: str | os.PathLike[str]) -> dict[str, FloatArray]:
-    """Read a safetensors file (F32/F64/F16/BF16/ints), returning float32 arrays."""
-    data = Path(path).read_bytes()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    body = memoryview(data)[8 + n :]
-    out: dict[str, FloatArray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-            bits = np.frombuffer(body[start:end], dtype="<u2").astype(np.uint32) << 16
-            arr = bits.view(np.float32)
-        elif info["dtype"] in _ST_DTYPES:
-            arr = np.frombuffer(body[start:end], dtype=_ST_DTYPES[info["dtype"]])
-        else:
-            raise ValueError(f"{path}: unsupported dtype {info['dtype']} for {name}")
-        out[name] = arr.astype(np.float32).reshape(info["shape"])
-    return out
-
-
 # --------------------------------------------------------------------------- building blocks
-def _buf(scratch: dict[str, FloatArray], name: str, *shape: int) -> FloatArray:
-    """Return a reusable float32 work array: fresh big arrays per op cost page faults (~30%)."""
+def _buf(
+    scratch: dict[str, FloatArray] | None, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> FloatArray:
+    """Return a work array reused across calls: fresh big arrays per op cost page faults (~30%).
+
+    Without ``scratch`` the array is fresh: the backward pass keeps every layer's activations.
+    """
+    if scratch is None:
+        return np.empty(shape, dtype)
     n = math.prod(shape)
     buf = scratch.get(name)
-    if buf is None or buf.size < n:
-        buf = scratch[name] = np.empty(n, np.float32)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = scratch[name] = np.empty(n, dtype)
     return buf[:n].reshape(shape)
 
 
@@ -205,11 +163,11 @@ def _layernorm(
 ) -> tuple[FloatArray, FloatArray]:
     """Normalise rows of a 2-D array; returns (xhat, 1/std) for the affine and the backward."""
     c = x.shape[1]
-    mean = x @ np.full(c, 1.0 / c, np.float32)  # GEMV: 7x faster than x.mean(axis=1) on short rows
+    mean = x @ np.full(c, 1.0 / c, x.dtype)  # GEMV: 7x faster than x.mean(axis=1) on short rows
     xc = np.subtract(x, mean[:, None], out=out)
     rstd = np.einsum("ij,ij->i", xc, xc)
-    rstd *= np.float32(1.0 / c)
-    rstd += np.float32(eps)
+    rstd *= 1.0 / c
+    rstd += eps
     np.sqrt(rstd, out=rstd)
     np.reciprocal(rstd, out=rstd)
     xc *= rstd[:, None]
@@ -267,12 +225,6 @@ def _softmax_rows(s: FloatArray) -> FloatArray:
     return s
 
 
-def _causal_mask(t: int, past: int = 0) -> FloatArray:
-    """Additive mask for t new queries over past + t keys: 0 where visible, -inf in the future."""
-    future = np.arange(past + t)[None, :] > (past + np.arange(t))[:, None]
-    return np.where(future, np.float32(-np.inf), np.float32(0.0)).astype(np.float32)
-
-
 def _attention(
     q: FloatArray,
     kt: FloatArray,
@@ -305,6 +257,39 @@ def _attention(
     np.matmul(s, v, out=out)
 
 
+def _extend_kv(  # noqa: PLR0917 (one layer's step of _forward)
+    cache: KVCache,
+    i: int,
+    rows: slice | IntArray,
+    pos: IntArray,
+    lengths: IntArray,
+    k: FloatArray,
+    v: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Cache layer ``i``'s new keys/values (b, t, nh, hd); return the rows' keys and values.
+
+    A slice of rows (one context length, no padding) is the cache itself, written with slices.
+    Pool rows are gathered into work arrays (the attention GEMMs want them side by side) and only
+    real tokens are written, to both.
+    """
+    if isinstance(rows, slice):
+        kc, vc = cache.keys[i][rows], cache.values[i][rows]
+        start, t = int(pos[0, 0]), pos.shape[1]
+        kc[..., start : start + t] = k.transpose(0, 2, 3, 1)
+        vc[:, start : start + t] = v
+        return kc, vc
+    b, t, nh, hd = k.shape
+    cap, dt = cache.capacity, k.dtype
+    # mode="clip": 3x faster than the default into ``out`` (rows were checked)
+    kc = np.take(cache.keys[i], rows, 0, _buf(cache.scratch, "kc", (b, nh, hd, cap), dt), "clip")
+    vc = np.take(cache.values[i], rows, 0, _buf(cache.scratch, "vc", (b, cap, nh, hd), dt), "clip")
+    rr, jj = np.nonzero(np.arange(t) < lengths[:, None])  # the real tokens
+    at = pos[rr, jj]
+    kc[rr, :, :, at] = cache.keys[i][rows[rr], :, :, at] = k[rr, jj]
+    vc[rr, at] = cache.values[i][rows[rr], at] = v[rr, jj]
+    return kc, vc
+
+
 def _nll_from_logits(logits: FloatArray, targets: IntArray, exp_safe: bool) -> FloatArray:
     """-log softmax[target] per row of base-2 logits (overwritten); two passes when exp is safe."""
     picked = logits[np.arange(len(targets)), targets]
@@ -323,10 +308,10 @@ def _nll_from_logits(logits: FloatArray, targets: IntArray, exp_safe: bool) -> F
 
 @dataclass
 class KVCache:
-    """Keys/values of every layer for a batch of contexts, filled by ``GIoTModel.score_append``.
+    """Keys/values of every layer for a batch of contexts, filled by ``GIoTModel``'s scoring.
 
-    All rows share one length: the detector groups devices by context length (there are only
-    n_positions / tokens_per_flow of them) and scores each group in one batch. Keys are stored
+    ``score_append`` keeps all rows at one length (``length``); ``score_rows`` treats the rows as
+    a pool of devices' contexts, each its own length (kept by the caller). Keys are stored
     transposed so that attention scores are a plain GEMM against a prefix slice. The cached
     keys/values come from the weights at the time they were appended: after the weights change,
     start new windows. A cache also holds work buffers, so use one cache per thread.
@@ -368,6 +353,7 @@ class _Fused:
     q_b: list[FloatArray] = field(default_factory=list)  # the key bias cancels in the softmax
     # the value bias moves behind the projection: softmax rows sum to 1
     proj_b: list[FloatArray] = field(default_factory=list)
+    v_b: list[FloatArray] = field(default_factory=list)  # for the backward pass
     fc_w: list[FloatArray] = field(default_factory=list)
     fc_b: list[FloatArray] = field(default_factory=list)
     exp_safe: bool = False  # |logits| bounded: exp() needs no max subtraction
@@ -421,50 +407,110 @@ class GIoTModel:
             raise ValueError("token id outside the vocabulary")
         return ids
 
-    # ----------------------------------------------------------------- training forward/backward
-    def _forward(self, ids: IntArray, keep: bool) -> tuple[FloatArray, list[dict[str, FloatArray]]]:
-        """Return final hidden states (B*T, C) and, if keep, what the backward pass needs."""
-        cfg = self.config
-        b, t = ids.shape
-        if t > cfg.n_positions:
-            raise ValueError(f"sequence of {t} tokens exceeds n_positions={cfg.n_positions}")
-        c, nh, hd, eps = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.layer_norm_epsilon
-        mask, scale = _causal_mask(t), np.float32(1.0 / math.sqrt(hd))
-        wte, wpe = self.params["transformer.wte.weight"], self.params["transformer.wpe.weight"]
-        x: FloatArray = (wte[ids] + wpe[:t]).reshape(b * t, c)
-        caches: list[dict[str, FloatArray]] = []
-        for i in range(cfg.n_layer):
-            xhat1, rstd1 = _layernorm(x, eps)
-            h1: FloatArray = xhat1 * self._p(i, "ln_1.weight") + self._p(i, "ln_1.bias")
-            qkv = h1 @ self._p(i, "attn.c_attn.weight") + self._p(i, "attn.c_attn.bias")
-            q, k, v = qkv.reshape(b, t, 3, nh, hd).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
-            att = _softmax_rows((q @ k.transpose(0, 1, 3, 2)) * scale + mask)
-            y = (att @ v).transpose(0, 2, 1, 3).reshape(b * t, c)
-            x = x + y @ self._p(i, "attn.c_proj.weight") + self._p(i, "attn.c_proj.bias")
-            xhat2, rstd2 = _layernorm(x, eps)
-            h2: FloatArray = xhat2 * self._p(i, "ln_2.weight") + self._p(i, "ln_2.bias")
-            a = h2 @ self._p(i, "mlp.c_fc.weight") + self._p(i, "mlp.c_fc.bias")
-            g = _gelu(a)
-            x = x + g @ self._p(i, "mlp.c_proj.weight") + self._p(i, "mlp.c_proj.bias")
-            if keep:
-                caches.append({"xhat1": xhat1, "rstd1": rstd1, "h1": h1, "q": q, "k": k, "v": v,
-                               "att": att, "y": y, "xhat2": xhat2, "rstd2": rstd2, "h2": h2,
-                               "a": a, "g": g})  # fmt: skip
-        xhat, rstd = _layernorm(x, eps)
-        caches.append({"xhat": xhat, "rstd": rstd})
-        ln_f = self.params["transformer.ln_f.weight"], self.params["transformer.ln_f.bias"]
-        return xhat * ln_f[0] + ln_f[1], caches
+    # ----------------------------------------------------------------- the forward pass
+    def _forward(  # noqa: PLR0917 (a chunk of new tokens and where they go)
+        self,
+        f: _Fused,
+        cache: KVCache,
+        rows: slice | IntArray,
+        past: IntArray,
+        ids: IntArray,
+        lengths: IntArray,
+        saved: list[dict[str, FloatArray]] | None = None,
+    ) -> FloatArray:
+        """Append ``ids`` (b, t) to the contexts in cache ``rows``; return ln_f's xhat (b, t, c).
 
+        Every use is this one pass: training and whole windows append to an empty cache,
+        streaming appends a flow to its device's context. Row r's context holds ``past[r]``
+        tokens (``past`` may be (1,): all alike) and its first ``lengths[r]`` new tokens are
+        real; the rest is padding, neither cached nor seen by real tokens. ``rows`` as a slice
+        (consecutive rows, one context length, no padding) attends to the cache in place; as
+        indices (pool rows, each its own length) the rows are gathered per layer. ``saved``
+        receives each layer's activations and attention probabilities, in arrays of their own.
+        ln_f's affine is left to the caller: scoring folds log2 e into it, on scored rows only.
+        """
+        cfg, p = self.config, self.params
+        b, t = ids.shape
+        n, c, nh, hd, eps = b * t, cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.layer_norm_epsilon
+        ws = cache.scratch if saved is None else None
+        wte = p["transformer.wte.weight"]
+        dt = wte.dtype
+        pos = past[:, None] + np.arange(t)  # (b or 1, t) positions of the new tokens
+        total = int((past + lengths).max())  # the keys that real tokens see
+        x = np.take(wte, ids.reshape(-1), axis=0, out=_buf(ws, "x", (n, c), dt))
+        x.reshape(b, t, c)[...] += np.take(p["transformer.wpe.weight"], pos, 0, mode="clip")
+        visible = np.arange(total) <= pos[:, :, None]  # key j is visible to the new token at pos
+        mask = np.where(visible, dt.type(0.0), dt.type(-np.inf))[:, None]  # (b or 1, 1, t, total)
+        for i in range(cfg.n_layer):
+            xhat1, rstd1 = _layernorm(x, eps, _buf(ws, "h", (n, c), dt))
+            qkv = np.matmul(xhat1, f.qkv_w[i], out=_buf(ws, "qkv", (n, 3 * c), dt))
+            qkv[:, :c] += f.q_b[i]
+            q, k, v = qkv.reshape(b, t, 3, nh, hd).transpose(2, 0, 1, 3, 4)  # (b, t, nh, hd)
+            kc, vc = _extend_kv(cache, i, rows, pos, lengths, k, v)
+            y = _buf(ws, "y", (b, t, nh, hd), dt)  # heads merged in place: (n, c) for c_proj
+            att = _buf(ws, "s", (b, nh, t, total), dt)
+            _attention(
+                q.transpose(0, 2, 1, 3),
+                kc[..., :total],
+                vc[:, :total].transpose(0, 2, 1, 3),
+                mask,
+                s=att,
+                out=y.transpose(0, 2, 1, 3),
+            )
+            y2 = y.reshape(n, c)
+            x += np.matmul(y2, self._p(i, "attn.c_proj.weight"), out=_buf(ws, "o", (n, c), dt))
+            x += f.proj_b[i]
+            xhat2, rstd2 = _layernorm(x, eps, _buf(ws, "h", (n, c), dt))
+            a = np.matmul(xhat2, f.fc_w[i], out=_buf(ws, "a", (n, 4 * c), dt))
+            a += f.fc_b[i]
+            g = _gelu(a, _buf(ws, "g", (n, 4 * c), dt))
+            x += np.matmul(g, self._p(i, "mlp.c_proj.weight"), out=_buf(ws, "o", (n, c), dt))
+            x += self._p(i, "mlp.c_proj.bias")
+            if saved is not None:
+                saved.append({"xhat1": xhat1, "rstd1": rstd1, "qkv": qkv, "att": att, "y": y2,
+                              "xhat2": xhat2, "rstd2": rstd2, "a": a, "g": g})  # fmt: skip
+        xhat, rstd = _layernorm(x, eps, _buf(ws, "h", (n, c), dt))
+        if saved is not None:
+            saved.append({"xhat": xhat, "rstd": rstd})
+        return xhat.reshape(b, t, c)
+
+    def _windows(
+        self, f: _Fused, ids: IntArray, saved: list[dict[str, FloatArray]] | None = None
+    ) -> FloatArray:
+        """``_forward`` on whole windows (B, T): an empty cache, all tokens real."""
+        b, t = ids.shape
+        if t > self.config.n_positions:
+            raise ValueError(
+                f"sequence of {t} tokens exceeds n_positions={self.config.n_positions}"
+            )
+        cache = self.new_cache(b, t)
+        past = np.zeros(1, np.intp)
+        return self._forward(f, cache, slice(None), past, ids, np.full(b, t, np.intp), saved)
+
+    # ----------------------------------------------------------------- training
     def logits(self, ids: IntArray) -> FloatArray:
         """Next-token logits (B, T, V) for every position, as GPT2LMHeadModel returns them."""
         ids = self._check_ids(ids)
-        xf, _ = self._forward(ids, keep=False)
-        return (xf @ self.params["transformer.wte.weight"].T).reshape(*ids.shape, -1)
+        xhat = self._windows(self._fused(), ids)
+        p = self.params
+        xf: FloatArray = xhat * p["transformer.ln_f.weight"] + p["transformer.ln_f.bias"]
+        return xf @ p["transformer.wte.weight"].T
+
+    def attention(self, ids: IntArray) -> FloatArray:
+        """Attention probabilities (n_layer, n_head, T, T) of one window ``ids`` (T,).
+
+        They explain an alarm: which earlier tokens the model looked at.
+        """
+        seq = self._check_ids(np.asarray(ids).reshape(1, -1))
+        saved: list[dict[str, FloatArray]] = []
+        self._windows(self._fused(), seq, saved)
+        return np.stack([layer["att"][0] for layer in saved[:-1]])
 
     def loss_and_grads(
         self, ids: IntArray, loss_mask: npt.NDArray[np.bool_] | None = None
     ) -> tuple[float, dict[str, FloatArray]]:
         """Mean next-token NLL over targets where ``loss_mask`` (B, T-1) holds, and its grads."""
+        saved: list[dict[str, FloatArray]]
         ids = self._check_ids(ids)
         b, t = ids.shape
         sel = np.ones((b, t - 1), bool) if loss_mask is None else np.asarray(loss_mask, bool)
@@ -474,7 +520,9 @@ class GIoTModel:
         n = int(sel.sum())
         if n == 0:
             return 0.0, grads
-        xf, caches = self._forward(ids, keep=True)
+        f, saved = self._fused(), []
+        xhat = self._windows(f, ids, saved).reshape(b * t, -1)
+        xf = xhat * self.params["transformer.ln_f.weight"] + self.params["transformer.ln_f.bias"]
         rows = np.concatenate([sel, np.zeros((b, 1), bool)], axis=1).reshape(-1)
         targets, wte = ids[:, 1:][sel], self.params["transformer.wte.weight"]
         xs = xf[rows]  # the tied LM head runs only on rows whose next token is scored
@@ -484,55 +532,69 @@ class GIoTModel:
         loss = float(np.mean(lse - logits[np.arange(n), targets], dtype=np.float64))
         dlogits = _softmax_rows(logits)
         dlogits[np.arange(n), targets] -= 1.0
-        dlogits *= np.float32(1.0 / n)
+        dlogits *= 1.0 / n
         grads["transformer.wte.weight"] += dlogits.T @ xs
         dxf = np.zeros_like(xf)
         dxf[rows] = dlogits @ wte
-        dx = self._backward(dxf, caches, grads)
+        dx = self._backward(f, dxf, saved, grads)
         np.add.at(grads["transformer.wte.weight"], ids.reshape(-1), dx)
         grads["transformer.wpe.weight"][:t] = dx.reshape(b, t, -1).sum(axis=0)
         return loss, grads
 
     def _backward(
-        self, dxf: FloatArray, caches: list[dict[str, FloatArray]], grads: dict[str, FloatArray]
+        self,
+        f: _Fused,
+        dxf: FloatArray,
+        saved: list[dict[str, FloatArray]],
+        grads: dict[str, FloatArray],
     ) -> FloatArray:
-        """Backpropagate from the final hidden states to the embeddings (returns d embedding)."""
+        """Backpropagate from the final hidden states to the embeddings (returns d embedding).
+
+        The forward ran on folded weights; its activations map back to GPT-2's: the LayerNorm
+        outputs are xhat * w + b, y lacks the value bias (f.v_b), q carries the scale
+        log2(e) / sqrt(head_dim), and k lacks its bias, which changes neither the softmax nor
+        dq (each row of the softmax gradient sums to zero).
+        """
         cfg = self.config
         nh, hd = cfg.n_head, cfg.head_dim
-        b, _, t, _ = caches[0]["q"].shape
-        last = caches[-1]
+        b, _, t, _ = saved[0]["att"].shape
+        last = saved[-1]
         dx, grads["transformer.ln_f.weight"], grads["transformer.ln_f.bias"] = _layernorm_backward(
             dxf, last["xhat"], last["rstd"], self.params["transformer.ln_f.weight"]
         )
-        scale = np.float32(1.0 / math.sqrt(hd))
         for i in reversed(range(cfg.n_layer)):
-            cc, h = caches[i], f"transformer.h.{i}."
+            cc, h = saved[i], f"transformer.h.{i}."
             # MLP: x += gelu(ln_2(x) @ Wfc + bfc) @ Wp + bp
             grads[h + "mlp.c_proj.weight"] = cc["g"].T @ dx
             grads[h + "mlp.c_proj.bias"] = dx.sum(axis=0)
             da = _gelu_backward(dx @ self._p(i, "mlp.c_proj.weight").T, cc["a"])
-            grads[h + "mlp.c_fc.weight"] = cc["h2"].T @ da
+            h2: FloatArray = cc["xhat2"] * self._p(i, "ln_2.weight") + self._p(i, "ln_2.bias")
+            grads[h + "mlp.c_fc.weight"] = h2.T @ da
             grads[h + "mlp.c_fc.bias"] = da.sum(axis=0)
             dh = da @ self._p(i, "mlp.c_fc.weight").T
             dln, grads[h + "ln_2.weight"], grads[h + "ln_2.bias"] = _layernorm_backward(
                 dh, cc["xhat2"], cc["rstd2"], self._p(i, "ln_2.weight")
             )
             dx = dx + dln
-            # attention: x += merge_heads(softmax(q k^T * scale + mask) v) @ Wp + bp
-            grads[h + "attn.c_proj.weight"] = cc["y"].T @ dx
+            # attention: x += merge_heads(softmax(q k^T / sqrt(hd) + mask) v) @ Wp + bp
+            y: FloatArray = cc["y"] + f.v_b[i]
+            grads[h + "attn.c_proj.weight"] = y.T @ dx
             grads[h + "attn.c_proj.bias"] = dx.sum(axis=0)
             dy = (
                 (dx @ self._p(i, "attn.c_proj.weight").T)
                 .reshape(b, t, nh, hd)
                 .transpose(0, 2, 1, 3)
             )
+            q, k, v = cc["qkv"].reshape(b, t, 3, nh, hd).transpose(2, 0, 3, 1, 4)  # (b, nh, t, hd)
             att = cc["att"]
-            datt = dy @ cc["v"].transpose(0, 1, 3, 2)
+            datt = dy @ v.transpose(0, 1, 3, 2)
             dv = att.transpose(0, 1, 3, 2) @ dy
-            ds = att * (datt - np.einsum("bhij,bhij->bhi", datt, att)[..., None]) * scale
-            dq, dk = ds @ cc["k"], ds.transpose(0, 1, 3, 2) @ cc["q"]
+            ds = att * (datt - np.einsum("bhij,bhij->bhi", datt, att)[..., None])
+            dq = (ds @ k) * (1.0 / math.sqrt(hd))
+            dk = (ds.transpose(0, 1, 3, 2) @ q) * math.log(2.0)  # q is scaled by log2(e)/sqrt(hd)
             dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(b * t, -1)
-            grads[h + "attn.c_attn.weight"] = cc["h1"].T @ dqkv
+            h1 = cc["xhat1"] * self._p(i, "ln_1.weight") + self._p(i, "ln_1.bias")
+            grads[h + "attn.c_attn.weight"] = h1.T @ dqkv
             grads[h + "attn.c_attn.bias"] = dqkv.sum(axis=0)
             dh = dqkv @ self._p(i, "attn.c_attn.weight").T
             dln, grads[h + "ln_1.weight"], grads[h + "ln_1.bias"] = _layernorm_backward(
@@ -554,12 +616,13 @@ class GIoTModel:
         if not 0 < cap <= cfg.n_positions:
             raise ValueError(f"capacity {cap} outside 1..{cfg.n_positions}")
         nh, hd = cfg.n_head, cfg.head_dim
+        dt = self.params["transformer.wte.weight"].dtype  # float64 weights: a float64 check
         # zeros, not empty: score_rows reads (masked) positions past a row's length, and
         # 0 * a stray NaN/inf in uninitialised memory would still poison the attention sum
         return KVCache(
-            keys=[np.zeros((batch, nh, hd, cap), np.float32) for _ in range(cfg.n_layer)],
-            values=[np.zeros((batch, cap, nh, hd), np.float32) for _ in range(cfg.n_layer)],
-            last=np.zeros((batch, cfg.n_embd), np.float32),
+            keys=[np.zeros((batch, nh, hd, cap), dt) for _ in range(cfg.n_layer)],
+            values=[np.zeros((batch, cap, nh, hd), dt) for _ in range(cfg.n_layer)],
+            last=np.zeros((batch, cfg.n_embd), dt),
             last_token=np.zeros(batch, np.int64),
         )
 
@@ -567,7 +630,7 @@ class GIoTModel:
         """Fold affine constants into GEMM weights: O(params), so redone per call, never stale."""
         cfg, p = self.config, self.params
         c = cfg.n_embd
-        scale = np.float32(_LOG2E / math.sqrt(cfg.head_dim))  # base-2 scores for exp2
+        scale = _LOG2E / math.sqrt(cfg.head_dim)  # base-2 scores for exp2
         f = _Fused()
         for i in range(cfg.n_layer):
             w1, b1 = self._p(i, "ln_1.weight"), self._p(i, "ln_1.bias")
@@ -577,6 +640,7 @@ class GIoTModel:
             qkv_w[:, :c] *= scale
             f.qkv_w.append(qkv_w)
             f.q_b.append(qkv_b[:c] * scale)
+            f.v_b.append(qkv_b[2 * c :])
             wp = self._p(i, "attn.c_proj.weight")
             proj_b: FloatArray = qkv_b[2 * c :] @ wp + self._p(i, "attn.c_proj.bias")
             f.proj_b.append(proj_b)
@@ -590,20 +654,6 @@ class GIoTModel:
         bound = h_max * math.sqrt(float(np.einsum("vc,vc->v", wte, wte).max()))
         f.exp_safe = bound + math.log(cfg.vocab_size) < _EXP_SAFE
         return f
-
-    def _finish_block(
-        self, f: _Fused, i: int, x: FloatArray, y: FloatArray, ws: dict[str, FloatArray]
-    ) -> None:
-        """Layer ``i`` after attention, in place on ``x`` (n, c): projection, then the MLP."""
-        n, c = x.shape
-        x += np.matmul(y, self._p(i, "attn.c_proj.weight"), out=_buf(ws, "o", n, c))
-        x += f.proj_b[i]
-        h = _layernorm(x, self.config.layer_norm_epsilon, _buf(ws, "h", n, c))[0]
-        a = np.matmul(h, f.fc_w[i], out=_buf(ws, "a", n, 4 * c))
-        a += f.fc_b[i]
-        g = _gelu(a, _buf(ws, "g", n, 4 * c))
-        x += np.matmul(g, self._p(i, "mlp.c_proj.weight"), out=_buf(ws, "o", n, c))
-        x += self._p(i, "mlp.c_proj.bias")
 
     def score_append(self, cache: KVCache, new_ids: IntArray) -> FloatArray:
         """Append ``new_ids`` (B, t) to every context in ``cache`` and return their NLL (B, t).
@@ -625,63 +675,13 @@ class GIoTModel:
         if t == 0:
             return out
         f = self._fused()
+        past, lengths = np.array([cache.length], np.intp), np.full(b, t, np.intp)
         step = max(1, _CHUNK_TOKENS // t)
         for lo in range(0, b, step):
             hi = min(b, lo + step)
-            out[lo:hi] = self._append_chunk(f, cache, lo, hi, ids[lo:hi])
+            out[lo:hi] = self._score(f, cache, slice(lo, hi), past, ids[lo:hi], lengths[lo:hi])
         cache.length += t
         return out
-
-    def _append_chunk(
-        self, f: _Fused, cache: KVCache, lo: int, hi: int, ids: IntArray
-    ) -> FloatArray:
-        cfg, p, ws = self.config, self.params, cache.scratch
-        b, t = ids.shape
-        n, past, total = b * t, cache.length, cache.length + t
-        c, nh, hd, eps = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.layer_norm_epsilon
-        x = np.take(p["transformer.wte.weight"], ids.reshape(-1), axis=0, out=_buf(ws, "x", n, c))
-        x.reshape(b, t, c)[...] += p["transformer.wpe.weight"][past:total]
-        y = _buf(ws, "y", b, t, nh, hd)  # heads merged in place: (b*t, c) for the projection
-        mask = _causal_mask(t, past)
-        for i in range(cfg.n_layer):
-            kc, vc = cache.keys[i][lo:hi], cache.values[i][lo:hi]
-            h = _layernorm(x, eps, _buf(ws, "h", n, c))[0]
-            qkv = np.matmul(h, f.qkv_w[i], out=_buf(ws, "qkv", n, 3 * c))
-            qkv[:, :c] += f.q_b[i]
-            qkv5 = qkv.reshape(b, t, 3, nh, hd)
-            kc[..., past:total] = qkv5[:, :, 1].transpose(0, 2, 3, 1)
-            vc[:, past:total] = qkv5[:, :, 2]
-            _attention(
-                qkv5[:, :, 0].transpose(0, 2, 1, 3),
-                kc[..., :total],
-                vc[:, :total].transpose(0, 2, 1, 3),
-                mask,
-                s=_buf(ws, "s", b, nh, t, total),
-                out=y.transpose(0, 2, 1, 3),
-            )
-            self._finish_block(f, i, x, y.reshape(n, c), ws)
-        xhat = _layernorm(x, eps, _buf(ws, "h", n, c))[0].reshape(b, t, c)
-        w_f, b_f = p["transformer.ln_f.weight"], p["transformer.ln_f.bias"]
-        log2e = np.float32(_LOG2E)  # base-2 logits for exp2: (h log2 e) @ wte^T
-        # rows predicting the new tokens: the cached last position, then all but the last new one
-        first = 0 if past else 1
-        rows = _buf(ws, "rows", b, t - first, c)
-        if past:
-            rows[:, 0] = cache.last[lo:hi]
-        np.multiply(xhat[:, : t - 1], w_f * log2e, out=rows[:, 1 - first :])
-        rows[:, 1 - first :] += b_f * log2e
-        cache.last[lo:hi] = xhat[:, -1] * (w_f * log2e) + b_f * log2e
-        cache.last_token[lo:hi] = ids[:, -1]
-        nll = np.full((b, t), np.nan, np.float32)
-        if t > first:
-            targets = ids[:, first:].reshape(-1)
-            logits = np.matmul(
-                rows.reshape(-1, c),
-                p["transformer.wte.weight"].T,
-                out=_buf(ws, "logits", len(targets), cfg.vocab_size),
-            )
-            nll[:, first:] = _nll_from_logits(logits, targets, f.exp_safe).reshape(b, -1)
-        return nll
 
     def score_rows(
         self,
@@ -736,79 +736,46 @@ class GIoTModel:
             f = f or self._fused()
             step = max(1, _CHUNK_TOKENS // t)
             for lo in range(0, b, step):
-                hi = min(b, lo + step)
-                out[lo:hi] = self._rows_chunk(
-                    f, cache, rows[lo:hi], past[lo:hi], ids[lo:hi], lengths[lo:hi]
-                )
+                sl = slice(lo, min(b, lo + step))
+                out[sl] = self._score(f, cache, rows[sl], past[sl], ids[sl], lengths[sl])
         return outs
 
-    def _rows_chunk(  # noqa: PLR0917 (one chunk of score_groups)
+    def _score(  # noqa: PLR0917 (one chunk of score_append or score_groups)
         self,
         f: _Fused,
         cache: KVCache,
-        rows: IntArray,
+        rows: slice | IntArray,
         past: IntArray,
         ids: IntArray,
         lengths: IntArray,
     ) -> FloatArray:
+        """NLL of one chunk's new tokens (see ``_forward``); moves the rows' ``last`` on."""
         cfg, p, ws = self.config, self.params, cache.scratch
         b, t = ids.shape
-        n, total = b * t, int((past + lengths).max())
-        c, nh, hd, eps = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.layer_norm_epsilon
-        pos = past[:, None] + np.arange(t)  # (b, t) absolute positions of the new tokens
-        real = np.arange(t)[None, :] < lengths[:, None]
-        rr, jj = np.nonzero(real)
-        rows_real, pos_real = rows[rr], pos[rr, jj]
-        x = np.take(p["transformer.wte.weight"], ids.reshape(-1), axis=0, out=_buf(ws, "x", n, c))
-        x += p["transformer.wpe.weight"][np.minimum(pos, cfg.n_positions - 1).reshape(-1)]
-        y = _buf(ws, "y", b, t, nh, hd)
-        # per row: key j is visible to new query q when j <= past + q (its own earlier tokens)
-        visible = np.arange(total)[None, None, :] <= pos[:, :, None]
-        mask = np.where(visible, np.float32(0.0), np.float32(-np.inf))[:, None]
-        cap = cache.capacity
-        for i in range(cfg.n_layer):
-            # mode="clip": 3x faster than the default into ``out`` (rows were checked)
-            kc = _buf(ws, "kc", b, nh, hd, cap)
-            np.take(cache.keys[i], rows, axis=0, out=kc, mode="clip")
-            vc = _buf(ws, "vc", b, cap, nh, hd)
-            np.take(cache.values[i], rows, axis=0, out=vc, mode="clip")
-            h = _layernorm(x, eps, _buf(ws, "h", n, c))[0]
-            qkv = np.matmul(h, f.qkv_w[i], out=_buf(ws, "qkv", n, 3 * c))
-            qkv[:, :c] += f.q_b[i]
-            qkv5 = qkv.reshape(b, t, 3, nh, hd)
-            k_new, v_new = qkv5[rr, jj, 1], qkv5[rr, jj, 2]
-            kc[rr, :, :, pos_real] = k_new
-            vc[rr, pos_real] = v_new
-            cache.keys[i][rows_real, :, :, pos_real] = k_new
-            cache.values[i][rows_real, pos_real] = v_new
-            _attention(
-                qkv5[:, :, 0].transpose(0, 2, 1, 3),
-                kc[..., :total],
-                vc[:, :total].transpose(0, 2, 1, 3),
-                mask,
-                s=_buf(ws, "s", b, nh, t, total),
-                out=y.transpose(0, 2, 1, 3),
-            )
-            self._finish_block(f, i, x, y.reshape(n, c), ws)
-        xhat = _layernorm(x, eps, _buf(ws, "h", n, c))[0].reshape(b, t, c)
-        w_f, b_f = p["transformer.ln_f.weight"], p["transformer.ln_f.bias"]
-        log2e = np.float32(_LOG2E)
+        n, c = b * t, cfg.n_embd
+        xhat = self._forward(f, cache, rows, past, ids, lengths)
+        w_f = p["transformer.ln_f.weight"] * _LOG2E  # base-2 logits for exp2: (h log2 e) @ wte^T
+        b_f = p["transformer.ln_f.bias"] * _LOG2E
+        empty = (past == 0)[:, None]  # (b or 1, 1): a first token has nothing to predict it
+        any_empty = bool(empty.any())
         # the row predicting new token j: the cached last position for j = 0, else token j - 1
-        pred = _buf(ws, "rows", b, t, c)
+        pred = _buf(ws, "rows", (b, t, c), xhat.dtype)
         pred[:, 0] = cache.last[rows]
-        pred[past == 0, 0] = 0.0  # nothing to predict from; its NLL is NaN below
-        np.multiply(xhat[:, : t - 1], w_f * log2e, out=pred[:, 1:])
-        pred[:, 1:] += b_f * log2e
-        cache.last[rows] = xhat[np.arange(b), lengths - 1] * (w_f * log2e) + b_f * log2e
-        cache.last_token[rows] = ids[np.arange(b), lengths - 1]
+        if any_empty:
+            np.copyto(pred[:, 0], 0.0, where=empty)
+        np.multiply(xhat[:, : t - 1], w_f, out=pred[:, 1:])
+        pred[:, 1:] += b_f
+        end = np.arange(0, n, t) + lengths - 1  # each row's last real token
+        cache.last[rows] = xhat.reshape(n, c)[end] * w_f + b_f
+        cache.last_token[rows] = ids.reshape(n)[end]
         logits = np.matmul(
             pred.reshape(n, c),
             p["transformer.wte.weight"].T,
-            out=_buf(ws, "logits", n, cfg.vocab_size),
+            out=_buf(ws, "logits", (n, cfg.vocab_size), xhat.dtype),
         )
-        with np.errstate(invalid="ignore", over="ignore"):  # padding rows may hold junk
-            nll = _nll_from_logits(logits, ids.reshape(-1), f.exp_safe).reshape(b, t)
-        nll[past == 0, 0] = np.nan
+        nll = _nll_from_logits(logits, ids.reshape(-1), f.exp_safe).reshape(b, t)
+        if any_empty:
+            np.copyto(nll[:, :1], np.nan, where=empty)
         return nll
 
     # ----------------------------------------------------------------- persistence (HF layout)

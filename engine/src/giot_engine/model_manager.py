@@ -23,13 +23,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .context import Group, TokenScorer
 from .detector import BigramModel
 from .gil import yield_gil
 from .model import GIoTConfig, GIoTModel, KVCache
@@ -77,53 +78,34 @@ class TrainResult:
 
 
 class BlendScorer:
-    """The detector's ``TokenScorer``: bigram counts, or the GIoT model mixed with them."""
+    """The GIoT model mixed with bigram counts: the detector's scorer once the model has learnt.
 
-    def __init__(self, model: GIoTModel, bigram: BigramModel, *, use_model: bool) -> None:
-        """Score with the bigram alone unless ``use_model``."""
+    It is a ``CachedScorer``, so the engine scores it on KV-cached windows and shows its
+    attention; before, the detector gets the ``BigramModel`` itself (whole windows, no attention).
+    """
+
+    def __init__(self, model: GIoTModel, bigram: BigramModel) -> None:
+        """Mix ``model`` with ``bigram`` at ``BIGRAM_WEIGHT``."""
         self.model = model
         self.bigram = bigram
-        self.use_model = use_model
-
-    @property
-    def params(self) -> dict[str, np.ndarray]:
-        """The model's weights, for the engine's attention explanations (model scoring only)."""
-        if not self.use_model:
-            raise AttributeError("params")  # bigram counts attend to nothing
-        return self.model.params
 
     @property
     def config(self) -> GIoTConfig:
-        """The model's configuration (model scoring only)."""
-        if not self.use_model:
-            raise AttributeError("config")
+        """The model's configuration."""
         return self.model.config
 
     def token_nll(self, ids: np.ndarray) -> np.ndarray:
         """-log of the mixture probability of each next token."""
         bigram = np.asarray(self.bigram.token_nll(ids), np.float64)
-        if not self.use_model:
-            return bigram
         model = np.asarray(self.model.token_nll(np.asarray(ids, np.int64)), np.float64)
         return _mix(model, bigram)
 
-    # The engine's KV-cached path (``ContextScorer``): present only while the model scores, so
-    # the bigram alone falls back to whole windows (it needs just the previous token anyway).
-    @property
-    def new_cache(self) -> Callable[..., KVCache]:
-        """The model's cache factory (model scoring only)."""
-        if not self.use_model:
-            raise AttributeError("new_cache")
-        return self.model.new_cache
+    def new_cache(self, batch: int) -> KVCache:
+        """Return the model's cache: the bigram needs only each row's last token, kept there."""
+        return self.model.new_cache(batch)
 
-    @property
-    def score_groups(self) -> Callable[[KVCache, Sequence[Group]], list[np.ndarray]]:
-        """The model's cached scoring mixed with the bigram (model scoring only)."""
-        if not self.use_model:
-            raise AttributeError("score_groups")
-        return self._score_groups
-
-    def _score_groups(self, cache: KVCache, groups: Sequence[Group]) -> list[np.ndarray]:
+    def score_groups(self, cache: KVCache, groups: Sequence[Group]) -> list[np.ndarray]:
+        """Mix the model's cached scoring with the bigram (given the rows' last tokens)."""
         before = [cache.last_token[np.asarray(rows, np.intp)] for rows, _, _, _ in groups]
         model = self.model.score_groups(cache, groups)
         out = []
@@ -134,8 +116,9 @@ class BlendScorer:
                 out.append(_mix(np.asarray(nll, np.float64), bigram))
         return out
 
-
-Group = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]  # rows, past, ids, lengths
+    def attention(self, ids: np.ndarray) -> np.ndarray:
+        """Return the model's attention: the bigram's would be the previous token, always."""
+        return self.model.attention(ids)
 
 
 def _mix(model: np.ndarray, bigram: np.ndarray) -> np.ndarray:
@@ -162,22 +145,15 @@ class ModelManager:
         )
         self.optimizer = AdamW(lr=LEARNING_RATE)
         self.meta: dict[str, Any] = {"version": 0, "trained_windows": 0, "use_model": False}
-        self.scorer = BlendScorer(
-            GIoTModel.init(self.config, INIT_SEED),
-            BigramModel(np.zeros((len(vocab), len(vocab)))),
-            use_model=False,
-        )
+        # the model that scores (or will, once trained enough), and what the detector scores with
+        self.model = GIoTModel.init(self.config, INIT_SEED)
+        self.scorer: TokenScorer = BigramModel(np.zeros((len(vocab), len(vocab))))
         self.last: TrainResult | None = None
         self.write_errors = 0
         self.disk_full = False
         self.last_error: str | None = None
 
     # -- what it is -----------------------------------------------------------------------------
-
-    @property
-    def model(self) -> GIoTModel:
-        """The model that scores (or will, once trained enough)."""
-        return self.scorer.model
 
     @property
     def version(self) -> str:
@@ -190,14 +166,14 @@ class ModelManager:
     @property
     def active(self) -> str:
         """Which scorer the detector uses now: ``giot`` (mixed with the bigram) or ``bigram``."""
-        return "giot" if self.scorer.use_model else "bigram"
+        return "giot" if isinstance(self.scorer, BlendScorer) else "bigram"
 
     def info(self) -> dict[str, Any]:
         """Plain values for diagnostics and the model-version sensor."""
         last = self.last
         return {
             "scorer": self.active,
-            "bigram_weight": BIGRAM_WEIGHT if self.scorer.use_model else 1.0,
+            "bigram_weight": BIGRAM_WEIGHT if isinstance(self.scorer, BlendScorer) else 1.0,
             "parameters": self.model.num_parameters(),
             "config": {
                 "n_embd": self.config.n_embd,
@@ -254,9 +230,12 @@ class ModelManager:
             LOGGER.warning("Starting from a fresh GIoT model: the saved one is unreadable: %s", err)
             return
         self.config, self.optimizer, self.meta = model.config, optimizer, meta
-        self.scorer = BlendScorer(
-            model, BigramModel(counts), use_model=bool(meta.get("use_model", False))
-        )
+        self._use(model, BigramModel(counts), use_model=bool(meta.get("use_model", False)))
+
+    def _use(self, model: GIoTModel, bigram: BigramModel, *, use_model: bool) -> None:
+        """Score with the blend once the model predicts better than the counts, else the counts."""
+        self.model = model
+        self.scorer = BlendScorer(model, bigram) if use_model else bigram
 
     def _write(
         self, model: GIoTModel, optimizer: AdamW, counts: np.ndarray, meta: dict[str, Any]
@@ -321,7 +300,7 @@ class ModelManager:
             raise
         self.disk_full = False
         self.optimizer, self.meta = optimizer, meta
-        self.scorer = BlendScorer(model, bigram, use_model=bool(meta["use_model"]))
+        self._use(model, bigram, use_model=bool(meta["use_model"]))
         self.last = TrainResult(
             self.version,
             done,
