@@ -22,6 +22,7 @@ from .describe import Behaviour, mud_profile
 from .describe import describe as describe_behaviour
 from .detector import Detector
 from .detector import Verdict as EngineVerdict
+from .event_features import user_initiated
 from .gil import GilYielder
 from .model_manager import N_POSITIONS, ModelManager, TrainResult
 from .persist import read_state, write_state
@@ -372,7 +373,7 @@ class InProcessDetector:
                     raw,
                     event.ts,
                     warmed=raw.warmed,
-                    user_initiated=event.source == "user",
+                    user_initiated=user_initiated(event),
                     is_event=True,
                 )
             )
