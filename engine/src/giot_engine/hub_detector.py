@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 import numpy as np
 
+from . import wording
 from .describe import Behaviour, mud_profile
 from .describe import describe as describe_behaviour
 from .detector import Detector
@@ -361,7 +362,7 @@ class InProcessDetector:
     def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[HubVerdict]:
         """Score the device events with the engine in one batch (the verdicts of one at a time)."""
         for key, event in items:
-            self._events.setdefault(key, Counter())[f"{event.entity_id} {event.new_state}"] += 1
+            self._events.setdefault(key, Counter())[wording.change_words(event)] += 1
         raws = self.engine.process_many([event for _, event in items], between=self.gil.maybe_yield)
         verdicts = []
         for (key, event), raw in zip(items, raws, strict=True):
@@ -481,13 +482,9 @@ class InProcessDetector:
         if (behaviour := self._behaviours.get(device)) is not None and behaviour.flows:
             sentences += describe_behaviour(behaviour)
         if events := self._events.get(device):
-            total = events.total()
-            common = ", ".join(
-                f"{change} ({100 * n // total}%)" for change, n in events.most_common(3)
-            )
-            sentences.append(f"Usual changes: {common}.")
+            sentences.append(wording.usual_changes(events))
         if not sentences:
-            return Description("Not enough data yet", "Nothing has been observed yet.")
+            return Description(*wording.NOTHING_OBSERVED)
         profile = None
         if behaviour is not None and behaviour.flows:
             profile = mud_profile(device, behaviour)
