@@ -28,6 +28,7 @@ from .gil import GilYielder
 from .model_manager import N_POSITIONS, ModelManager, TrainResult
 from .persist import read_state, write_state
 from .records import DeviceEvent, FlowRecord
+from .signature import WINDOW_S, MinuteCounts
 from .tokenizer import BOS_ID, Vocabulary, device_of
 
 LOGGER = logging.getLogger(__name__)
@@ -201,34 +202,6 @@ class HubDetector(Protocol):
         """Let go of what the detector holds (its process); nothing is saved here."""
 
 
-class _MinuteCounts:
-    """A device's flows of the last minute, counted by destination port and by peer."""
-
-    def __init__(self) -> None:
-        self.flows: deque[tuple[float, str, int]] = deque()
-        self.ports: Counter[int] = Counter()
-        self.peers: Counter[str] = Counter()
-
-    def name(self, flow: FlowRecord, scan_ports: int, flood_flows: int) -> str | None:
-        """Add ``flow``; "port_scan" / "flood" when the minute up to it looks like one."""
-        while self.flows and self.flows[0][0] < flow.ts - 60.0:
-            _, peer, port = self.flows.popleft()
-            self.ports[port] -= 1
-            if not self.ports[port]:
-                del self.ports[port]
-            self.peers[peer] -= 1
-            if not self.peers[peer]:
-                del self.peers[peer]
-        self.flows.append((flow.ts, flow.resp_h, flow.resp_p))
-        self.ports[flow.resp_p] += 1
-        self.peers[flow.resp_h] += 1
-        if len(self.ports) >= scan_ports:
-            return "port_scan"
-        if self.peers[flow.resp_h] >= flood_flows:
-            return "flood"
-        return None
-
-
 class InProcessDetector:
     """Adapter from the engine's online ``HubDetector`` to the coordinator.
 
@@ -267,7 +240,7 @@ class InProcessDetector:
         self.engine = Detector(self.models.scorer, vocab=self.vocab)
         self._behaviours: dict[str, Behaviour] = {}
         self._events: dict[str, Counter[str]] = {}
-        self._recent: dict[str, _MinuteCounts] = {}
+        self._recent: dict[str, MinuteCounts] = {}
         self._dampen: dict[str, dict[str, float]] = {}
         self._last_alarm: dict[str, str] = {}
         self._windows: list[Window] = []  # until ``drain_windows`` (bounded per device)
@@ -302,8 +275,14 @@ class InProcessDetector:
         """
         window = self._recent.get(key)
         if window is None:
-            window = self._recent[key] = _MinuteCounts()
-        return window.name(flow, self.SCAN_PORTS, self.FLOOD_FLOWS)
+            window = self._recent[key] = MinuteCounts(bound=None)
+        window.drop_before(flow.ts - WINDOW_S)
+        window.push_flow(flow, flow.resp_h)
+        if window.ports >= self.SCAN_PORTS:
+            return "port_scan"
+        if window.to(flow.resp_h) >= self.FLOOD_FLOWS:
+            return "flood"
+        return None
 
     def _verdict(
         self, key: str, engine_key: str, raw: EngineVerdict, ts: float, *, warmed: bool, **kw: Any
