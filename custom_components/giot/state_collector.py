@@ -7,7 +7,6 @@ is stored or learnt, both for privacy and because it is noise to the model. ``un
 ``unknown`` transitions are kept: a device dropping off is behaviour too.
 """
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.event import async_track_state_change_event
 
+from giot_engine.event_features import device_event
+from giot_engine.event_features import event_source as engine_event_source
 from giot_engine.records import DeviceEvent, EventSource
 
 from .const import DOMAIN, LOGGER
@@ -64,32 +65,14 @@ def allowed_attributes(domain: str, attributes: Mapping[str, Any]) -> dict[str, 
     return keep
 
 
-def _number(state: str | None) -> float | None:
-    if state is None:
-        return None
-    try:
-        value = float(state)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def numeric_change(old: str | None, new: str) -> float | None:
-    """Signed change relative to the old value (as the engine's home-log loaders compute it)."""
-    before, after = _number(old), _number(new)
-    if before is None or after is None or before == 0.0:
-        return None
-    return (after - before) / abs(before)
-
-
 def event_source(event: Event[EventStateChangedData]) -> EventSource:
     """Who caused a change: a person (user id), an automation or script (parent), or the device."""
     context = event.context
-    if context.user_id is not None:
-        return "user"
-    if context.parent_id is not None:
-        return "automation"
-    return "device"
+    return engine_event_source(
+        event.data["entity_id"].partition(".")[0],
+        user_id=context.user_id,
+        parent_id=context.parent_id,
+    )
 
 
 @dataclass(slots=True)
@@ -283,16 +266,14 @@ class StateCollector:
         device_class = new.attributes.get(ATTR_DEVICE_CLASS)
         if device_class is None and entry is not None:
             device_class = entry.device_class or entry.original_device_class
-        old_state = old.state if old is not None else None
-        return DeviceEvent(
-            ts=new.last_updated_timestamp,
-            entity_id=new.entity_id,
-            domain=domain,
-            new_state=new.state,
-            old_state=old_state,
-            device_class=str(device_class) if device_class is not None else None,
-            numeric_change=numeric_change(old_state, new.state),
+        return device_event(
+            new.last_updated_timestamp,
+            new.entity_id,
+            domain,
+            new.state,
+            old.state if old is not None else None,
             source=event_source(event),
+            device_class=str(device_class) if device_class is not None else None,
             device_id=entry.device_id if entry is not None else None,
             attributes=attributes,
         )

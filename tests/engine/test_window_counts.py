@@ -2,6 +2,7 @@
 
 import math
 import random
+from collections import Counter, deque
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from giot_engine.signature import (
     TS,
     WINDOW_S,
     BehaviourWindow,
+    MinuteCounts,
     _summarise,
 )
 
@@ -81,3 +83,23 @@ def test_running_counts_equal_a_scan(seed: int) -> None:
     again = BehaviourWindow.from_dict(window.to_dict())  # the counts are rebuilt on load
     flow, peer = _flow(rng, ts + 1.0)
     np.testing.assert_allclose(again.features(flow, peer), window.features(flow, peer))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_minute_counts_unbounded_for_naming(seed: int) -> None:
+    """The hub's naming counts (no bound, cut at each flow's minute) equal a plain count."""
+    rng = random.Random(seed)
+    counts = MinuteCounts(bound=None)
+    held: deque[tuple[float, str, int]] = deque()
+    ts = 1_700_000_000.0
+    for i in range(2000):
+        ts += rng.choice([0.01, 0.05, 1.0, 30.0, 90.0])
+        flow, _ = _flow(rng, ts - (45.0 if i % 9 == 0 else 0.0))
+        while held and held[0][0] < flow.ts - WINDOW_S:
+            held.popleft()
+        held.append((flow.ts, flow.resp_h, flow.resp_p))
+        counts.drop_before(flow.ts - WINDOW_S)
+        counts.push_flow(flow, flow.resp_h)
+        assert len(counts.flows) == len(held) > 0
+        assert counts.ports == len({port for _, _, port in held})
+        assert counts.to(flow.resp_h) == Counter(peer for _, peer, _ in held)[flow.resp_h]

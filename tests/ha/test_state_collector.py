@@ -1,5 +1,8 @@
 """State changes on the real event bus become DeviceEvents; the watched set follows registries."""
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import Context, HomeAssistant
@@ -15,9 +18,11 @@ from custom_components.giot.state_collector import (
     StateCollector,
     allowed_attributes,
     async_resolve_monitored_entities,
-    numeric_change,
 )
-from giot_engine.records import DeviceEvent
+from giot_engine.event_features import numeric_change
+from giot_engine.home_events import load_ha_recording
+from giot_engine.records import DeviceEvent, ParseStats
+from giot_engine.tokenizer import TokenContext, event_tokens
 
 
 class Registry:
@@ -134,6 +139,65 @@ async def test_state_changes_become_device_events(hass: HomeAssistant, registry:
     assert (climate.old_state, climate.new_state) == ("heat", "heat")
     assert climate.attributes == {"hvac_action": "heating"}
     await collector.async_stop()
+
+
+# One home's state changes, as Home Assistant's event bus carries them and as a recording of them
+# (the engine's home-log loader) reads them back: live scoring and training must see one event.
+SAME_CHANGES = [
+    ("sensor.plug_power", "100"),
+    ("sensor.plug_power", "150"),
+    ("sensor.outdoor_temperature", "-4"),
+    ("binary_sensor.hall", "off"),
+    ("sensor.plug_power", "0"),
+    ("sensor.outdoor_temperature", "-2"),
+    ("sensor.plug_power", "3"),
+    ("binary_sensor.hall", "on"),
+    ("sensor.plug_power", "unavailable"),
+    ("sensor.outdoor_temperature", "1e400"),
+    ("sensor.plug_power", "12.5"),
+    ("sensor.outdoor_temperature", "nan"),
+    ("sensor.outdoor_temperature", "2.25"),
+    ("light.desk", "on"),
+    ("light.desk", "off"),
+]
+
+
+async def test_live_and_recorded_changes_are_one_event(hass: HomeAssistant, tmp_path: Path) -> None:
+    """The collector and the home-log loader give the same records, features and tokens."""
+    entities = sorted({entity_id for entity_id, _ in SAME_CHANGES})
+    live: list[DeviceEvent] = []
+    collector = StateCollector(hass, entities, live.append)
+    await collector.async_start()
+    for entity_id, state in SAME_CHANGES:
+        hass.states.async_set(entity_id, state)
+        await hass.async_block_till_done()
+    await collector.async_stop()
+
+    (tmp_path / "device_map.csv").write_text(
+        "".join(f"{i},{entity_id}\n" for i, entity_id in enumerate(entities))
+    )
+    rows = [
+        f"01.03.2024 08:{minute:02d}:00,{entities.index(entity_id)},{state}\n"
+        for minute, (entity_id, state) in enumerate(SAME_CHANGES)
+    ]
+    (tmp_path / "devices.csv").write_text("time,device,value\n" + "".join(rows))
+    stats = ParseStats()
+    recorded = load_ha_recording(tmp_path, stats)
+    assert stats.total_rejected == 0
+
+    assert len(live) == len(recorded) == len(SAME_CHANGES)
+    assert any(e.numeric_change is not None for e in live)
+    context = TokenContext()
+    for seen, read in zip(live, recorded, strict=True):
+        if seen.domain == "light":
+            # who switched a light is in Home Assistant's context; a recording does not say
+            assert (seen.source, read.source) == ("device", "unknown")
+        same = replace(seen, ts=read.ts, source=read.source)
+        assert same == read
+        assert event_tokens(same, context) == event_tokens(read, context)
+    assert [e.source for e in live if e.domain != "light"] == [
+        e.source for e in recorded if e.domain != "light"
+    ]
 
 
 async def test_unavailable_kept_noise_dropped(hass: HomeAssistant, registry: Registry) -> None:

@@ -1,11 +1,11 @@
-"""What a device normally does, in short deterministic sentences and as a MUD-like profile.
+"""What a device normally does, as facts for short sentences and as a MUD-like profile.
 
 Two sources are combined: counts of what the device was seen doing (destinations by scope, ports,
 pace, volumes, active hours) and what the model expects it to do next (the most likely first token
-of its next flow given its recent context). Sentences are rendered from templates, so the same
-behaviour always reads the same way; no text is invented by a model. The profile follows the shape
-of RFC 8520 (MUD) access lists, with scopes instead of addresses, plus timing, volume and hours that
-MUD does not carry (under a ``giot:`` prefix).
+of its next flow given its recent context). The facts are computed here and worded by ``wording``
+from templates, so the same behaviour always reads the same way; no text is invented by a model.
+The profile follows the shape of RFC 8520 (MUD) access lists, with scopes instead of addresses,
+plus timing, volume and hours that MUD does not carry (under a ``giot:`` prefix).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import wording
 from .context import TokenScorer
 from .records import FlowRecord
 from .tokenizer import (
@@ -26,19 +27,9 @@ from .tokenizer import (
     Vocabulary,
     address_scope,
     device_of,
-    port_class,
 )
 
 _PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
-_SCOPE_WORDS = {
-    "remote": "internet hosts",
-    "local": "local hosts",
-    "mcast": "multicast groups",
-    "bcast": "the broadcast address",
-    "link": "link-local hosts",
-    "loop": "itself",
-    "unspec": "unspecified addresses",
-}
 
 
 @dataclass(slots=True)
@@ -121,27 +112,24 @@ def _regularity(gaps: np.ndarray) -> float:
 def describe(b: Behaviour, top: int = 3) -> list[str]:
     """Short sentences about a device's usual behaviour, from templates (deterministic)."""
     if b.flows == 0:
-        return ["No traffic seen yet."]
-    parts = []
-    for (proto, port, scope), n in sorted(b.services.items(), key=lambda kv: (-kv[1], kv[0]))[:top]:
-        svc = port_class(port) if proto in ("tcp", "udp") else proto
-        label = f"{svc} ({port}/{proto})" if proto in ("tcp", "udp") else proto
-        parts.append(f"{label} to {_SCOPE_WORDS.get(scope, scope)} ({100 * n / b.flows:.0f}%)")
-    out = [f"Mostly talks {', '.join(parts)}."]
+        return wording.behaviour_sentences(
+            0, [], typical_gap=None, regular=False, typical_volume=0, active_hours=[]
+        )
+    services = sorted(b.services.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    gap, regular = None, False
     if b.gaps:
         gaps = np.asarray(b.gaps)
-        pace = "regularly" if _regularity(gaps) > 0.5 else "irregularly"
-        out.append(
-            f"Starts a connection {pace}, typically every {_duration(float(np.median(gaps)))}."
-        )
+        gap, regular = float(np.median(gaps)), _regularity(gaps) > 0.5
     vol = int(np.median(np.asarray(b.bytes_per_flow)))
-    out.append(f"A typical connection moves {_bytes(vol)}.")
     hours = sorted(h for h, n in b.hours.items() if n >= 0.02 * b.flows)
-    if len(hours) >= 20:
-        out.append("Active around the clock.")
-    elif hours:
-        out.append(f"Active at {', '.join(f'{h:02d}h' for h in hours)}.")
-    return out
+    return wording.behaviour_sentences(
+        b.flows,
+        services,
+        typical_gap=gap,
+        regular=regular,
+        typical_volume=vol,
+        active_hours=hours,
+    )
 
 
 def expected_next(
@@ -157,27 +145,4 @@ def expected_next(
     return [(cands[i], round(float(p[i]), 4)) for i in order]
 
 
-def describe_expected(expected: Sequence[tuple[str, float]]) -> str:
-    """Render ``expected_next`` as one sentence."""
-    words = [
-        f"{tok.split('/')[1]} over {tok.split('/')[0]} ({100 * p:.0f}%)" for tok, p in expected
-    ]
-    return "Next, the model expects " + ", ".join(words) + "."
-
-
-def _duration(s: float) -> str:
-    if s < 1:
-        return "under a second"
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
-
-
-def _bytes(n: int) -> str:
-    if n < 1024:
-        return f"{n} bytes"
-    if n < 1024 * 1024:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n / 1024 / 1024:.1f} MiB"
+describe_expected = wording.expected_flows  # the sentence is worded in ``wording``

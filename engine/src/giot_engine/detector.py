@@ -29,8 +29,9 @@ from typing import Literal
 
 import numpy as np
 
+from . import wording
 from .context import CachedScorer, ContextScorer, TokenScorer
-from .describe import describe_expected, expected_next
+from .describe import expected_next
 from .records import DeviceEvent, FlowRecord
 from .signature import FAMILIES, BehaviourWindow, SignatureHead
 from .tokenizer import (
@@ -38,7 +39,6 @@ from .tokenizer import (
     FLOW_TOKENS,
     TokenContext,
     Vocabulary,
-    address_scope,
     device_of,
     event_tokens,
     flow_tokens,
@@ -428,7 +428,14 @@ class Detector:
             assert p.probs is not None
             verdict = self._decide(p, nll, p.probs)
             if verdict.alarm and verdict.explanation is not None:
-                verdict.explanation.text = _flow_words(p.flow, p.peer, p.like, verdict)
+                verdict.explanation.text = wording.flow_alarm(
+                    p.flow,
+                    p.peer,
+                    p.like,
+                    verdict.family,
+                    tokens=verdict.explanation.tokens,
+                    expected=verdict.explanation.expected,
+                )
             return verdict
         event = p.event
         assert event is not None
@@ -437,10 +444,7 @@ class Detector:
         habit, why = self._habit(st, event.ts, p.recent + 1)
         verdict = self._decide(p, nll, probs, habit)
         if verdict.alarm and verdict.explanation is not None:
-            verdict.explanation.text = (
-                f"{event.entity_id} changed {event.old_state} -> {event.new_state}; unusual: "
-                + (why or _unusual_words(verdict.explanation.tokens))
-            )
+            verdict.explanation.text = wording.event_alarm(event, why, verdict.explanation.tokens)
         # the busiest minute is learnt one event per minute at most: a real change of pace
         # gets learnt over time, a burst that ramps up does not raise its own limit
         if habit <= 0 and p.recent + 1 > st.busiest and event.ts - st.busiest_ts >= 60.0:
@@ -472,11 +476,11 @@ class Detector:
             return -math.inf, ""
         limit = max(cfg.burst_min, cfg.burst_factor * st.busiest)
         if in_minute > limit:
-            return math.log(in_minute / limit) + 1.0, f"{in_minute} changes in a minute"
+            return math.log(in_minute / limit) + 1.0, wording.burst_reason(in_minute)
         h = _hour(ts, cfg.utc_offset_s)
         near = st.hours[h] + st.hours[(h - 1) % 24] + st.hours[(h + 1) % 24]
         if sum(st.hours) >= cfg.habit_min_events and near == 0:
-            return cfg.high_score, f"active at {h:02d}h, an hour it never was"
+            return cfg.high_score, wording.odd_hour_reason(h)
         return -math.inf, ""
 
     def tick(self, now: float) -> list[tuple[str, Verdict]]:
@@ -513,11 +517,7 @@ class Detector:
                 continue
             st.absent = kind
             score = math.log(quiet / limit) + cfg.high_score / 2
-            what = f"in state {st.state}" if kind == "stuck" else "without a report"
-            text = (
-                f"{'stuck' if kind == 'stuck' else 'silent'}: {_duration_words(quiet)} {what}; "
-                f"its longest so far was {_duration_words(usual)}"
-            )
+            text = wording.absence_alarm(kind, quiet, st.state, usual)
             expl = Explanation(text=text, tokens=[], context_positions=[])
             out.append((device, Verdict(score, True, "medium", kind, expl, score, 0.0)))
         return out
@@ -700,14 +700,6 @@ def _hour(ts: float, utc_offset_s: int) -> int:
     return int((ts + utc_offset_s) // 3600 % 24)
 
 
-def _duration_words(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _cache_keys(toks: list[str]) -> list[tuple[str, str]]:
     """Count keys (numerator, denominator) of each token of a record.
 
@@ -722,72 +714,3 @@ def _cache_keys(toks: list[str]) -> list[tuple[str, str]]:
 def _logit(p: float) -> float:
     p = min(max(p, 1e-9), 1 - 1e-9)
     return math.log(p / (1 - p))
-
-
-_SCOPE_WORDS = {
-    "remote": "internet hosts",
-    "local": "local hosts",
-    "mcast": "multicast groups",
-    "bcast": "the broadcast address",
-    "link": "link-local hosts",
-    "loop": "itself",
-    "unspec": "unspecified addresses",
-}
-_STATE_WORDS = {
-    "S0": "no answer",
-    "REJ": "rejected",
-    "SF": "completed",
-    "OTH": "mid-stream, no handshake seen",
-    "RSTO": "reset by the device",
-    "RSTR": "reset by the peer",
-}
-_FAMILY_WORDS = {
-    "port_scan": "port scan",
-    "cnc": "command-and-control traffic",
-    "ddos": "flood",
-    "file_download": "file download",
-}
-
-
-def _token_words(tok: str) -> str:  # noqa: PLR0911
-    parts = tok.split("/")
-    head = parts[0]
-    if head in ("tcp", "udp", "icmp", "other"):
-        return f"{parts[1]} over {head}"
-    if head in ("out", "in"):
-        return f"{'to' if head == 'out' else 'from'} {_SCOPE_WORDS.get(parts[1], parts[1])}"
-    if head == "st":
-        return f"state {parts[1]} ({_STATE_WORDS.get(parts[1], 'other')})"
-    if head == "B":
-        return "this volume of bytes"
-    if head == "D":
-        return "this duration and packet count"
-    if head == "G":
-        return "this pace of connections"
-    if head.startswith("h"):
-        return "this time of day"
-    if head == "T":
-        return f"the change {parts[1]}"
-    return tok
-
-
-def _unusual_words(tokens: list[tuple[str, float]]) -> str:
-    top = sorted(tokens, key=lambda tv: -tv[1])[:2]
-    return ", ".join(f"{_token_words(t)} ({v:.1f} nats)" for t, v in top)
-
-
-def _flow_words(flow: FlowRecord, peer: str, n: int, v: Verdict) -> str:
-    what = "connection attempt" if flow.proto == "tcp" else "flow"
-    what += "" if n == 1 else "s"
-    state = f", state {flow.conn_state}" if flow.conn_state else ""
-    lead = f"{_FAMILY_WORDS[v.family]}: " if v.family in _FAMILY_WORDS else "unusual behaviour: "
-    text = (
-        f"{lead}{n:,} {what} in the last minute to port {flow.resp_p}/{flow.proto} "
-        f"on {_SCOPE_WORDS.get(address_scope(peer), 'hosts')}{state}"
-    )
-    if v.explanation is not None:
-        text += "; unusual for this device: " + _unusual_words(v.explanation.tokens)
-        if v.explanation.expected:
-            expected = describe_expected(v.explanation.expected).rstrip(".")
-            text += "; " + expected.replace("Next, the model expects", "the model expected")
-    return text

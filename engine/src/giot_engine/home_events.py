@@ -12,14 +12,14 @@ keeps hour-of-day and weekday as the residents lived them. Bad lines are counted
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .records import DeviceEvent, EventSource, ParseStats
+from .event_features import device_event, event_source, number
+from .records import DeviceEvent, ParseStats
 
 Rule = tuple[frozenset[str], str, str | None]
 
@@ -162,38 +162,20 @@ class _Home:
             domain, device_class, device = self.meta[entity_id]
             old = last.get(entity_id)
             last[entity_id] = state
-            source: EventSource = "device" if domain in ("binary_sensor", "sensor") else "unknown"
+            source = event_source(domain, context_known=False)
             out.append(
-                DeviceEvent(
-                    ts=ts,
-                    entity_id=entity_id,
-                    domain=domain,
-                    new_state=state,
-                    old_state=old,
-                    device_class=device_class,
-                    numeric_change=_relative_change(old, state),
+                device_event(
+                    ts,
+                    entity_id,
+                    domain,
+                    state,
+                    old,
                     source=source,
+                    device_class=device_class,
                     device_id=device,
                 )
             )
         return out
-
-
-def _number(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _relative_change(old: str | None, new: str) -> float | None:
-    before, after = _number(old), _number(new)
-    if before is None or after is None or before == 0.0:
-        return None
-    return (after - before) / abs(before)
 
 
 def _lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:
@@ -251,7 +233,7 @@ def load_casas(directory: str | os.PathLike[str], stats: ParseStats) -> list[Dev
 
 
 def _casas_message(token: str) -> bool:
-    return token.upper() in ("ON", "OFF", "OPEN", "CLOSE") or _number(token) is not None
+    return token.upper() in ("ON", "OFF", "OPEN", "CLOSE") or number(token) is not None
 
 
 def load_ordonez(directory: str | os.PathLike[str], stats: ParseStats) -> list[DeviceEvent]:

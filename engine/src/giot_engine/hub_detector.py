@@ -18,14 +18,17 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 import numpy as np
 
+from . import wording
 from .describe import Behaviour, mud_profile
 from .describe import describe as describe_behaviour
 from .detector import Detector
 from .detector import Verdict as EngineVerdict
+from .event_features import user_initiated
 from .gil import GilYielder
 from .model_manager import N_POSITIONS, ModelManager, TrainResult
 from .persist import read_state, write_state
 from .records import DeviceEvent, FlowRecord
+from .signature import WINDOW_S, MinuteCounts
 from .tokenizer import BOS_ID, Vocabulary, device_of
 
 LOGGER = logging.getLogger(__name__)
@@ -199,34 +202,6 @@ class HubDetector(Protocol):
         """Let go of what the detector holds (its process); nothing is saved here."""
 
 
-class _MinuteCounts:
-    """A device's flows of the last minute, counted by destination port and by peer."""
-
-    def __init__(self) -> None:
-        self.flows: deque[tuple[float, str, int]] = deque()
-        self.ports: Counter[int] = Counter()
-        self.peers: Counter[str] = Counter()
-
-    def name(self, flow: FlowRecord, scan_ports: int, flood_flows: int) -> str | None:
-        """Add ``flow``; "port_scan" / "flood" when the minute up to it looks like one."""
-        while self.flows and self.flows[0][0] < flow.ts - 60.0:
-            _, peer, port = self.flows.popleft()
-            self.ports[port] -= 1
-            if not self.ports[port]:
-                del self.ports[port]
-            self.peers[peer] -= 1
-            if not self.peers[peer]:
-                del self.peers[peer]
-        self.flows.append((flow.ts, flow.resp_h, flow.resp_p))
-        self.ports[flow.resp_p] += 1
-        self.peers[flow.resp_h] += 1
-        if len(self.ports) >= scan_ports:
-            return "port_scan"
-        if self.peers[flow.resp_h] >= flood_flows:
-            return "flood"
-        return None
-
-
 class InProcessDetector:
     """Adapter from the engine's online ``HubDetector`` to the coordinator.
 
@@ -265,7 +240,7 @@ class InProcessDetector:
         self.engine = Detector(self.models.scorer, vocab=self.vocab)
         self._behaviours: dict[str, Behaviour] = {}
         self._events: dict[str, Counter[str]] = {}
-        self._recent: dict[str, _MinuteCounts] = {}
+        self._recent: dict[str, MinuteCounts] = {}
         self._dampen: dict[str, dict[str, float]] = {}
         self._last_alarm: dict[str, str] = {}
         self._windows: list[Window] = []  # until ``drain_windows`` (bounded per device)
@@ -300,8 +275,14 @@ class InProcessDetector:
         """
         window = self._recent.get(key)
         if window is None:
-            window = self._recent[key] = _MinuteCounts()
-        return window.name(flow, self.SCAN_PORTS, self.FLOOD_FLOWS)
+            window = self._recent[key] = MinuteCounts(bound=None)
+        window.drop_before(flow.ts - WINDOW_S)
+        window.push_flow(flow, flow.resp_h)
+        if window.ports >= self.SCAN_PORTS:
+            return "port_scan"
+        if window.to(flow.resp_h) >= self.FLOOD_FLOWS:
+            return "flood"
+        return None
 
     def _verdict(
         self, key: str, engine_key: str, raw: EngineVerdict, ts: float, *, warmed: bool, **kw: Any
@@ -360,7 +341,7 @@ class InProcessDetector:
     def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[HubVerdict]:
         """Score the device events with the engine in one batch (the verdicts of one at a time)."""
         for key, event in items:
-            self._events.setdefault(key, Counter())[f"{event.entity_id} {event.new_state}"] += 1
+            self._events.setdefault(key, Counter())[wording.change_words(event)] += 1
         raws = self.engine.process_many([event for _, event in items], between=self.gil.maybe_yield)
         verdicts = []
         for (key, event), raw in zip(items, raws, strict=True):
@@ -372,7 +353,7 @@ class InProcessDetector:
                     raw,
                     event.ts,
                     warmed=raw.warmed,
-                    user_initiated=event.source == "user",
+                    user_initiated=user_initiated(event),
                     is_event=True,
                 )
             )
@@ -480,13 +461,9 @@ class InProcessDetector:
         if (behaviour := self._behaviours.get(device)) is not None and behaviour.flows:
             sentences += describe_behaviour(behaviour)
         if events := self._events.get(device):
-            total = events.total()
-            common = ", ".join(
-                f"{change} ({100 * n // total}%)" for change, n in events.most_common(3)
-            )
-            sentences.append(f"Usual changes: {common}.")
+            sentences.append(wording.usual_changes(events))
         if not sentences:
-            return Description("Not enough data yet", "Nothing has been observed yet.")
+            return Description(*wording.NOTHING_OBSERVED)
         profile = None
         if behaviour is not None and behaviour.flows:
             profile = mud_profile(device, behaviour)

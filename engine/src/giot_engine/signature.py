@@ -71,20 +71,18 @@ REMOTE: Final = 5
 PAYLOAD: Final = 6
 
 
-class BehaviourWindow:
-    """A device's flows of the last minute (bounded), summarised into signature features.
+class MinuteCounts:
+    """Flows of a sliding minute with running counts: by destination, by port, by port and host.
 
-    Every record asks for counts over the device's last minute; a busy device has hundreds of
-    flows in it, so the window keeps running counts of what it holds and drops flows from the
-    front once they are older than a minute (time never goes back: ``now`` only grows). Zeek
-    logs long connections late, so a stale flow can sit behind fresh ones; while one does (the
-    oldest held time is before the minute), the counts are taken by a scan instead.
+    Flows enter at the back and leave from the front once they are older than the minute (or,
+    with a ``bound``, once the window holds that many), so a busy device costs the same per flow
+    as a quiet one. The behaviour window's signature features and the hub's naming of port scans
+    and floods (``hub_detector``) both count over it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, bound: int | None = MAX_WINDOW_FLOWS) -> None:
+        self.bound = bound
         self.flows: deque[_Seen] = deque()
-        self.dst_times: dict[str, deque[float]] = {}
-        self.now = float("-inf")
         self.added = 0  # flows added so far (numbers them in ``_oldest``)
         # running counts over ``flows`` and the minimum of their times (a monotonic queue)
         self._oldest: deque[tuple[float, int]] = deque()  # (ts, sequence number), ts increasing
@@ -93,9 +91,9 @@ class BehaviourWindow:
         self._port: dict[int, int] = {}
         self._port_dst: dict[int, dict[str, int]] = {}
 
-    # -- the window ------------------------------------------------------------------------
-    def _push(self, seen: _Seen) -> None:
-        if len(self.flows) == MAX_WINDOW_FLOWS:
+    def push(self, seen: _Seen) -> None:
+        """Add a flow at the back (the oldest one leaves first when the bound is reached)."""
+        if len(self.flows) == self.bound:
             self._pop()
         self.flows.append(seen)
         seq = self.added
@@ -104,6 +102,10 @@ class BehaviourWindow:
             self._oldest.pop()
         self._oldest.append((seen[TS], seq))
         self._count(seen, 1)
+
+    def push_flow(self, flow: FlowRecord, peer: str) -> None:
+        """Add ``flow``, to or from ``peer``, at the back."""
+        self.push(_summarise(flow, peer))
 
     def _pop(self) -> None:
         seq = self.added - len(self.flows)
@@ -125,12 +127,40 @@ class BehaviourWindow:
         if not per_port:
             del self._port_dst[s[PORT]]
 
-    def _settle(self, now: float) -> bool:
-        """Drop flows older than the minute before ``now`` from the front; True if none is left."""
-        cutoff = now - WINDOW_S
+    def drop_before(self, cutoff: float) -> bool:
+        """Drop flows before ``cutoff`` from the front; True if no held flow is older than it."""
         while self.flows and self.flows[0][TS] < cutoff:
             self._pop()
         return not self._oldest or self._oldest[0][0] >= cutoff
+
+    @property
+    def ports(self) -> int:
+        """Distinct destination ports held."""
+        return len(self._port)
+
+    def to(self, dst: str) -> int:
+        """Flows held to ``dst``."""
+        return self._dst.get(dst, 0)
+
+
+class BehaviourWindow(MinuteCounts):
+    """A device's flows of the last minute (bounded), summarised into signature features.
+
+    Every record asks for counts over the device's last minute; a busy device has hundreds of
+    flows in it, so the window keeps running counts of what it holds (``MinuteCounts``) and drops
+    flows from the front once they are older than a minute (time never goes back: ``now`` only
+    grows). Zeek logs long connections late, so a stale flow can sit behind fresh ones; while one
+    does (the oldest held time is before the minute), the counts are taken by a scan instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(MAX_WINDOW_FLOWS)
+        self.dst_times: dict[str, deque[float]] = {}
+        self.now = float("-inf")
+
+    def _settle(self, now: float) -> bool:
+        """Drop flows older than the minute before ``now`` from the front; True if none is left."""
+        return self.drop_before(now - WINDOW_S)
 
     def recent(self, ts: float) -> int:
         """Flows of the last minute before a record at ``ts``."""
@@ -195,7 +225,7 @@ class BehaviourWindow:
     def add(self, flow: FlowRecord, peer: str) -> None:
         """Remember ``flow`` (after its verdict: features stay causal)."""
         self.now = max(self.now, flow.ts)
-        self._push(_summarise(flow, peer))
+        self.push(_summarise(flow, peer))
         times = self.dst_times.setdefault(peer, deque(maxlen=8))
         times.append(flow.ts)
         if len(self.dst_times) > 512:  # forget the oldest destinations
@@ -235,7 +265,7 @@ class BehaviourWindow:
         w.now = float("-inf") if now is None else float(str(now))
         for row in d.get("flows", []):  # type: ignore[attr-defined]
             ts, dst, port, failed, oth, remote, payload = row
-            w._push(
+            w.push(
                 (float(ts), str(dst), int(port), bool(failed), bool(oth), bool(remote),
                  bool(payload))
             )  # fmt: skip
@@ -273,6 +303,7 @@ def _tally(
 
 
 def _summarise(flow: FlowRecord, peer: str) -> _Seen:
+    """Keep of a flow to or from ``peer`` what a window counts."""
     state = flow.conn_state or ""
     payload = bool(flow.orig_bytes) or bool(flow.resp_bytes)
     failed = flow.proto == "tcp" and state in FAILED_TCP_STATES
