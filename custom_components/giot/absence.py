@@ -14,9 +14,10 @@ from homeassistant.util import dt as dt_util
 
 from giot_engine.detector_process import DetectorError
 from giot_engine.hub_detector import HubVerdict, alarming
+from giot_engine.records import Severity
 
 from .alerts import Alerts, classify
-from .const import LOGGER, AlertType, Severity
+from .const import LOGGER, AlertType
 from .detector_runner import DetectorRunner
 from .devices import WatchedDevices
 

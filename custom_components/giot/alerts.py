@@ -13,9 +13,10 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 
 from giot_engine.hub_detector import HubVerdict
+from giot_engine.records import Severity
 
 from .attribution import NewAddress
-from .const import ALARM_HOLD, DOMAIN, HUB_KEY, AlertType, Severity
+from .const import ALARM_HOLD, DOMAIN, HUB_KEY, AlertType
 from .models import WatchedDevice
 
 # Families the engine's signature stage names, mapped onto the alert event types.

@@ -61,14 +61,6 @@ class AlertType(StrEnum):
     NEW_DEVICE = "new_device"
 
 
-class Severity(StrEnum):
-    """How urgent an alert is."""
-
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-
-
 class FederationStatus(StrEnum):
     """What federated participation is doing (placeholder until the node link exists)."""
 

@@ -30,6 +30,7 @@ from homeassistant.util import dt as dt_util
 from giot_engine.detector_process import DetectorError, ProcessDetector
 from giot_engine.hub_detector import BatchResult, Description, HubDetector
 from giot_engine.model_manager import N_POSITIONS
+from giot_engine.records import Severity
 
 from .absence import AbsenceWatch
 from .alerts import Alerts, classify
@@ -57,7 +58,6 @@ from .const import (
     AlertType,
     FederationStatus,
     Sensitivity,
-    Severity,
 )
 from .detector_runner import DetectorRunner
 from .devices import WatchedDevices

@@ -10,8 +10,9 @@ from datetime import datetime
 from homeassistant.config_entries import ConfigEntry
 
 from giot_engine.hub_detector import Description
+from giot_engine.records import Severity
 
-from .const import CONF_NODE_HOST, CONF_NODE_PORT, AlertType, Severity
+from .const import CONF_NODE_HOST, CONF_NODE_PORT, AlertType
 
 
 @dataclass(frozen=True, slots=True)

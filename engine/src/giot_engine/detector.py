@@ -25,14 +25,13 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 from . import wording
 from .context import CachedScorer, ContextScorer, TokenScorer
 from .describe import expected_next
-from .records import DeviceEvent, FlowRecord
+from .records import DeviceEvent, FlowRecord, Severity
 from .signature import FAMILIES, BehaviourWindow, SignatureHead
 from .tokenizer import (
     BOS_ID,
@@ -45,7 +44,6 @@ from .tokenizer import (
     state_class,
 )
 
-Severity = Literal["none", "low", "medium", "high"]
 STATE_VERSION = 1
 
 
@@ -519,7 +517,7 @@ class Detector:
             score = math.log(quiet / limit) + cfg.high_score / 2
             text = wording.absence_alarm(kind, quiet, st.state, usual)
             expl = Explanation(text=text, tokens=[], context_positions=[])
-            out.append((device, Verdict(score, True, "medium", kind, expl, score, 0.0)))
+            out.append((device, Verdict(score, True, Severity.MEDIUM, kind, expl, score, 0.0)))
         return out
 
     def _recent(self, st: DeviceState, ts: float) -> int:
@@ -591,9 +589,15 @@ class Detector:
         family: str | None = None
         if alarm and sig > 0:
             family = FAMILIES[1 + int(np.argmax(probs[1:]))]
-        severity: Severity = "none"
+        severity = Severity.NONE
         if alarm:
-            severity = "high" if score >= cfg.high_score else "medium" if score >= 0 else "low"
+            severity = (
+                Severity.HIGH
+                if score >= cfg.high_score
+                else Severity.MEDIUM
+                if score >= 0
+                else Severity.LOW
+            )
         explanation = None
         if alarm:
             top = int(np.argmax(nll))

@@ -27,7 +27,7 @@ from .event_features import user_initiated
 from .gil import GilYielder
 from .model_manager import N_POSITIONS, ModelManager, TrainResult
 from .persist import read_state, write_state
-from .records import DeviceEvent, FlowRecord
+from .records import DeviceEvent, FlowRecord, Severity
 from .signature import WINDOW_S, MinuteCounts
 from .tokenizer import BOS_ID, Vocabulary, device_of
 
@@ -50,7 +50,7 @@ class HubVerdict:
     alarm: bool
     family: str | None = None
     explanation: str = ""
-    severity: str | None = None
+    severity: Severity | None = None
     warmed: bool = True
     user_initiated: bool = False
     is_event: bool = False
@@ -308,7 +308,7 @@ class InProcessDetector:
             alarm,
             None if kind == "unusual" else kind,
             raw.explanation.text if raw.explanation is not None else "",
-            raw.severity if raw.severity != "none" else None,
+            raw.severity if raw.severity != Severity.NONE else None,
             warmed,
             **kw,
         )
@@ -419,7 +419,7 @@ class InProcessDetector:
                 True,
                 kind,
                 raw.explanation.text if raw.explanation is not None else "",
-                raw.severity if raw.severity != "none" else None,
+                raw.severity if raw.severity != Severity.NONE else None,
                 is_event=kind == "stuck",
             )
             if key not in loudest or verdict.score > loudest[key].score:

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, fields, is_dataclass
+from enum import StrEnum
 from typing import Any, Literal
 
 EventSource = Literal["user", "automation", "device", "unknown"]
+
+
+class Severity(StrEnum):
+    """How urgent an alarm is: the detector's verdicts and Home Assistant's alerts share it."""
+
+    NONE = "none"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
 
 
 @dataclass(slots=True)
