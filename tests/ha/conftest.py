@@ -6,7 +6,7 @@ imported after the ``hass`` fixture starts, Home Assistant would mount the test 
 """
 
 import shutil
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
 from typing import Any
 from unittest.mock import patch
 
@@ -23,6 +23,8 @@ import custom_components.giot
 from custom_components.giot.const import CONF_DEVICES, DOMAIN
 from custom_components.giot.coordinator import GIoTCoordinator
 from giot_engine.records import FlowRecord
+
+from .real_hass import RealHass, run_real_hass
 
 CAMERA_MAC = "aa:bb:cc:dd:ee:01"
 CAMERA_IP = "192.168.1.50"
@@ -55,6 +57,13 @@ def hass_config_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     config_dir = tmp_path_factory.mktemp("config")
     shutil.copytree(get_test_config_dir(), config_dir, symlinks=True, dirs_exist_ok=True)
     return str(config_dir)
+
+
+@pytest.fixture
+def real_hass(tmp_path_factory: pytest.TempPathFactory, socket_enabled: None) -> Iterator[RealHass]:
+    """A real `python -m homeassistant`, started as `scripts/develop` starts it (fresh config)."""
+    with run_real_hass(tmp_path_factory.mktemp("real-hass") / "config") as hass:
+        yield hass
 
 
 @pytest.fixture
