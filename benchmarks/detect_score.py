@@ -81,7 +81,7 @@ def _train_giot(windows: np.ndarray, vocab_size: int, cfg: TrainConfig) -> Token
     model = GIoTModel.init(mcfg, cfg.seed)
     mask = windows[:, 1:] != PAD_ID
     train_windows(model, windows, cfg.steps, cfg.batch_size, cfg.seed, AdamW(lr=cfg.lr), mask)
-    return model
+    return model.freeze()  # it only scores from here on, as a hub's model does
 
 
 def train_detector(

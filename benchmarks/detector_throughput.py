@@ -121,9 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     vocab = Vocabulary.default()
     records = stream(args.devices, args.records)
-    giot = GIoTModel.init(
+    giot = GIoTModel.init(  # frozen, as the hub's model_manager scores with it
         GIoTConfig(vocab_size=len(vocab), n_positions=64, n_embd=64, n_layer=2, n_head=2), 0
-    )
+    ).freeze()
     rng = np.random.default_rng(1)
     bigram = BigramModel(rng.random((len(vocab), len(vocab))) * 5)
     batches = [int(b) for b in args.batches.split(",")]

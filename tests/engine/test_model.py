@@ -306,3 +306,23 @@ def test_bad_inputs_are_rejected() -> None:
     params["transformer.wpe.weight"] = np.zeros((3, 3), np.float32)
     with pytest.raises(ValueError, match="shape"):
         GIoTModel(TINY, params)
+
+
+def test_frozen_model_scores_alike_and_refuses_changes() -> None:
+    """Freezing folds the weights once: same scores, and no later change can make them stale."""
+    cfg = GIoTConfig(vocab_size=40, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    live = GIoTModel.init(cfg, 3)
+    frozen = GIoTModel(cfg, {k: v.copy() for k, v in live.params.items()}).freeze()
+    ids = np.random.default_rng(0).integers(0, 40, (3, 12))
+    a, b = live.new_cache(3), frozen.new_cache(3)
+    for k in range(0, 12, 4):
+        np.testing.assert_array_equal(
+            live.score_append(a, ids[:, k : k + 4]), frozen.score_append(b, ids[:, k : k + 4])
+        )
+    with pytest.raises(ValueError, match="read-only"):
+        frozen.params["transformer.wte.weight"] *= 2.0
+    with pytest.raises(TypeError, match="frozen"):
+        frozen.params["transformer.wte.weight"] = live.params["transformer.wte.weight"]
+    copy = GIoTModel(cfg, {k: v.copy() for k, v in frozen.params.items()})
+    copy.params["transformer.wte.weight"] *= 2.0  # a copy trains as before
+    assert not np.array_equal(copy.token_nll(ids), frozen.token_nll(ids))

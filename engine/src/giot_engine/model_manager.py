@@ -146,7 +146,7 @@ class ModelManager:
         self.optimizer = AdamW(lr=LEARNING_RATE)
         self.meta: dict[str, Any] = {"version": 0, "trained_windows": 0, "use_model": False}
         # the model that scores (or will, once trained enough), and what the detector scores with
-        self.model = GIoTModel.init(self.config, INIT_SEED)
+        self.model = GIoTModel.init(self.config, INIT_SEED).freeze()
         self.scorer: TokenScorer = BigramModel(np.zeros((len(vocab), len(vocab))))
         self.last: TrainResult | None = None
         self.write_errors = 0
@@ -234,7 +234,7 @@ class ModelManager:
 
     def _use(self, model: GIoTModel, bigram: BigramModel, *, use_model: bool) -> None:
         """Score with the blend once the model predicts better than the counts, else the counts."""
-        self.model = model
+        self.model = model.freeze()
         self.scorer = BlendScorer(model, bigram) if use_model else bigram
 
     def _write(
