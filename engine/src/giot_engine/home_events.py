@@ -258,14 +258,9 @@ def load_ordonez(directory: str | os.PathLike[str], stats: ParseStats) -> list[D
                 stats.reject("column_count")
                 continue
             start, end, name, kind, place = cells
-            try:
-                begin, finish = _iso_ts(start), _iso_ts(end)
-            except ValueError:
-                stats.reject("bad_time")
+            if (span := _interval(start, end, _iso_ts, stats)) is None:
                 continue
-            if finish < begin:
-                stats.reject("bad_interval")
-                continue
+            begin, finish = span
             if kind.lower() == "magnetic":
                 domain, device_class = classify(name, ("binary_sensor", "opening"))
             else:
@@ -280,6 +275,21 @@ def load_ordonez(directory: str | os.PathLike[str], stats: ParseStats) -> list[D
 
 _KASTEREN_MAP_RE = re.compile(r"\[\s*(\d+)\]\s+'([^']*)'")
 _KASTEREN_TIME_RE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{1,2}):(\d{1,2}):(\d{1,2})")
+
+
+def _interval(
+    start: str, end: str, parse: Callable[[str], float], stats: ParseStats
+) -> tuple[float, float] | None:
+    """Parse an activity's (begin, end) in epoch seconds; count a bad or backwards one, None."""
+    try:
+        begin, finish = parse(start), parse(end)
+    except ValueError:
+        stats.reject("bad_time")
+        return None
+    if finish < begin:
+        stats.reject("bad_interval")
+        return None
+    return begin, finish
 
 
 def _kasteren_ts(text: str) -> float:
@@ -310,14 +320,9 @@ def load_kasteren(directory: str | os.PathLike[str], stats: ParseStats) -> list[
             if len(cells) != 4 or not (cells[2].isascii() and cells[2].isdigit()):
                 stats.reject("column_count")
                 continue
-            try:
-                begin, finish = _kasteren_ts(cells[0]), _kasteren_ts(cells[1])
-            except ValueError:
-                stats.reject("bad_time")
+            if (span := _interval(cells[0], cells[1], _kasteren_ts, stats)) is None:
                 continue
-            if finish < begin:
-                stats.reject("bad_interval")
-                continue
+            begin, finish = span
             sensor = str(int(cells[2]))
             name = names.get(sensor, f"sensor {sensor}")
             domain, device_class = classify(name, ("binary_sensor", "opening"))
