@@ -220,8 +220,9 @@ class StateCollector:
     @callback
     def _async_refresh(self) -> None:
         entities = async_resolve_monitored_entities(self.hass, self._selection)
-        if entities == self._entities and self._unsub_states is not None:
-            return
+        if entities == self._entities and (self._unsub_states is not None or not entities):
+            return  # registry changes that do not change the selection are many in a busy home
+        before = len(self._entities)
         if self._unsub_states is not None:
             self._unsub_states()
             self._unsub_states = None
@@ -230,7 +231,7 @@ class StateCollector:
             self._unsub_states = async_track_state_change_event(
                 self.hass, sorted(entities), self._async_state_changed
             )
-        LOGGER.debug("GIoT watches %d entities", len(entities))
+        LOGGER.debug("GIoT now watches %d entities (was %d)", len(entities), before)
 
     @callback
     def _async_state_changed(self, event: Event[EventStateChangedData]) -> None:

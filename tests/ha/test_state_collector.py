@@ -283,3 +283,21 @@ async def test_selection_follows_registry_changes(hass: HomeAssistant, registry:
     collector.async_set_selection(MonitoredSelection.from_options(device_ids=[registry.lamp.id]))
     assert collector.entity_ids == {lamp}
     await collector.async_stop()
+
+
+async def test_registry_noise_is_not_logged(
+    hass: HomeAssistant, registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Registry changes that leave the selection as it was say nothing; a real change says so."""
+    caplog.set_level("DEBUG", logger="custom_components.giot")
+    lamp = registry.entity("light", "kitchen_lamp", registry.lamp)
+    collector = StateCollector(hass, MonitoredSelection.from_options(), lambda _event: None)
+    await collector.async_start()
+    for n in range(20):  # a busy home: other integrations' entities come and go
+        registry.entity("sensor", f"other_{n}", registry.thermostat)
+    await hass.async_block_till_done()
+    assert [r.message for r in caplog.records if "watches" in r.message] == []
+    collector.async_set_selection(MonitoredSelection.from_options(device_ids=[registry.lamp.id]))
+    assert collector.entity_ids == {lamp}
+    assert "GIoT now watches 1 entities (was 0)" in caplog.text
+    await collector.async_stop()
