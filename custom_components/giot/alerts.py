@@ -12,6 +12,7 @@ from typing import Any
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 
+from giot_engine import wording
 from giot_engine.hub_detector import HubVerdict
 from giot_engine.records import Severity
 
@@ -82,8 +83,7 @@ class Alerts:
             HUB_KEY,
             AlertType.NEW_DEVICE,
             Severity.LOW,
-            f"{name} appeared on the network"
-            + (f" ({address.mac})" if address.mac and address.ip else ""),
+            wording.new_address(name, address.mac if address.ip else None),
             0.0,
             device=name,
         )

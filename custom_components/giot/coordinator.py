@@ -27,6 +27,7 @@ from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 from homeassistant.util import dt as dt_util
 
+from giot_engine import wording
 from giot_engine.detector_process import DetectorError, ProcessDetector
 from giot_engine.hub_detector import BatchResult, Description, HubDetector
 from giot_engine.model_manager import N_POSITIONS
@@ -344,7 +345,7 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
             explanation = verdict.explanation
             if self.hub.away_mode and verdict.user_initiated:
                 # Away mode expects nobody to operate anything by hand.
-                explanation = f"{explanation or 'operated'} by hand while the home is away"
+                explanation = wording.operated_while_away(explanation)
             alert, severity = classify(verdict, AlertType.UNUSUAL_ACTIVITY, Severity.LOW)
             state.alarm_until = now + ALARM_HOLD
             state.alert_type, state.severity, state.explanation = alert, severity, explanation

@@ -198,3 +198,13 @@ def absence_alarm(kind: str, quiet: float, state: str | None, usual: float) -> s
         f"{'stuck' if kind == 'stuck' else 'silent'}: {duration(quiet)} {what}; "
         f"its longest so far was {duration(usual)}"
     )
+
+
+def operated_while_away(explanation: str) -> str:
+    """Explain away mode's alarm: a person changed a device while the home is said empty."""
+    return f"{explanation or 'operated'} by hand while the home is away"
+
+
+def new_address(name: str, mac: str | None) -> str:
+    """Say that an address was seen for the first time (the Network event's text)."""
+    return f"{name} appeared on the network" + (f" ({mac})" if mac else "")
