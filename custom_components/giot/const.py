@@ -25,7 +25,7 @@ CONF_FEDERATION: Final = "federation"
 CONF_RETENTION_DAYS: Final = "retention_days"
 
 DEFAULT_RETENTION_DAYS: Final = 30
-DEFAULT_FEDERATION: Final = True
+DEFAULT_FEDERATION: Final = False  # off until a GIoT node is paired (nothing to federate with)
 
 
 class Sensitivity(StrEnum):

@@ -254,7 +254,8 @@ async def test_entry_without_options_links_nothing(
     mock_config_entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(mock_config_entry.entry_id)
     await hass.async_block_till_done()
-    assert hass.states.get("sensor.giot_federation_status").state == "no_node"
+    # federation is off until a node is paired
+    assert hass.states.get("sensor.giot_federation_status").state == "disabled"
     assert hass.states.get(ANOMALY) is None
     coordinator: GIoTCoordinator = mock_config_entry.runtime_data.coordinator
     coordinator.ingest.async_add_event(DeviceEvent(time.time(), "light.x", "light", "on"))
