@@ -32,6 +32,7 @@ __all__ = [
     "CLIENT_PORTS",
     "SERVICE_PORTS",
     "FlowJoiner",
+    "Half",
     "Initiator",
     "JoinStats",
     "as_answer",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 Initiator = Literal["source", "destination"] | None
+# Which half of a connection a record is: "f" forward (the source initiated), "a" an answer turned
+# round by as_answer, "u" direction unknown (as exported), None a whole connection (a biflow).
+Half = Literal["f", "a", "u"] | None
 
 # Registered (>= 1024) ports that home devices and their clouds serve on. Below 1024 every port is
 # a service port except the DHCP client ports, which only ever receive answers.
@@ -145,7 +149,8 @@ def join(forward: FlowRecord, answer: FlowRecord) -> FlowRecord:
     flags = None
     if forward.tcp_flags is not None or answer.tcp_flags is not None:
         flags = (forward.tcp_flags or 0) | (answer.tcp_flags or 0)
-    duration = end - start if forward.duration is not None or answer.duration is not None else None
+    timed = forward.duration is not None or answer.duration is not None
+    duration = round(end - start, 6) if timed else None  # no float noise below a microsecond
     return dataclasses.replace(
         forward,
         ts=start,
@@ -209,9 +214,7 @@ class FlowJoiner:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def push(
-        self, record: FlowRecord, half: Literal["f", "a", "u"] | None, now: float
-    ) -> list[FlowRecord]:
+    def push(self, record: FlowRecord, half: Half, now: float) -> list[FlowRecord]:
         """Offer one record; return the records ready now (``expire`` is not called here)."""
         if half is None:
             return [record]
@@ -221,7 +224,7 @@ class FlowJoiner:
         if half == "u":
             partner_key: _Key = ("u", r.proto, r.resp_h, r.resp_p, r.orig_h, r.orig_p)
         else:
-            partner_key = ("a" if half == "f" else "f", *key[1:])  # type: ignore[assignment]
+            partner_key = ("a" if half == "f" else "f", *key[1:])
         partner = self._pending.get(partner_key)
         if partner is not None and self._overlap(partner.record, record):
             del self._pending[partner_key]

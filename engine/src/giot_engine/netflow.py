@@ -42,7 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .flow_join import FlowJoiner, JoinStats, as_answer, initiator
+from .flow_join import FlowJoiner, Half, JoinStats, as_answer, initiator
 from .records import FlowRecord, ParseStats
 
 __all__ = ["REJECT_REASONS", "VARLEN", "NetFlowCounters", "NetFlowDecoder", "StreamStats"]
@@ -281,6 +281,7 @@ def _time_ms(values: _Values, ctx: _Datagram, ies: tuple[int, ...]) -> float | N
     return float(t)
 
 
+_HALVES: dict[str | None, Half] = {"source": "f", "destination": "a", None: "u"}
 _START = (152, 156, 154, 150, 158, 22)
 _END = (153, 157, 155, 151, 159, 21)
 
@@ -740,7 +741,7 @@ class NetFlowDecoder:
             record = as_answer(record, proto)
             self.counters.answers += 1
         self.counters.biflows += biflow
-        half = None if biflow else "f" if who == "source" else "a" if who else "u"
+        half: Half = None if biflow else _HALVES[who]
         ctx.out.extend(self._joiner.push(record, half, ctx.received_at))
 
     # -- sequence numbers -----------------------------------------------------------------------
