@@ -42,6 +42,7 @@ DHCP_REFRESH_S = 60.0  # the DHCP table has no public change event: re-read it a
 MAX_KNOWN = 4096
 TRACKER_DOMAIN = "device_tracker"
 _MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 DHCP_DATA_KEY = "dhcp"  # hass.data key of the dhcp integration (its table is read, never written)
 
 
@@ -65,7 +66,11 @@ class Attribution:
 
     @property
     def device_id(self) -> str | None:
-        """The home device the flow is about: the originator, else the responder."""
+        """The home device the flow is about: the originator, else the responder.
+
+        The originator is the connection's initiator: the decoders turn answers round
+        (``giot_engine.flow_join``), so a reply is its initiator's traffic, never the responder's.
+        """
         return self.orig_device_id or self.resp_device_id
 
 
@@ -114,13 +119,34 @@ def announceable_ip(address: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def is_lan_ip(address: str) -> bool:
-    """Whether an address is inside the home (private or link-local, any family)."""
+def is_no_host(address: str) -> bool:
+    """Whether an address names no host at all: unspecified (0.0.0.0, ::) or 255.255.255.255.
+
+    A flow "from" such an address is nobody's: a DHCP discover from 0.0.0.0, or a DHCP server's
+    broadcast answer turned round onto its destination. It is not the responder's either.
+    """
     try:
         ip = ipaddress.ip_address(address.split("%", maxsplit=1)[0])
     except ValueError:
         return False
-    return (ip.is_private or ip.is_link_local) and not (ip.is_multicast or ip.is_loopback)
+    return ip.is_unspecified or ip == _BROADCAST
+
+
+@lru_cache(maxsize=4096)
+def is_lan_ip(address: str) -> bool:
+    """Whether an address can be a host inside the home (private or link-local, any family).
+
+    Multicast, loopback, unspecified (0.0.0.0, ::) and the limited broadcast are nobody's: a DHCP
+    server's broadcast answer is turned round onto its destination (``giot_engine.flow_join``),
+    and 255.255.255.255 must not become a device.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", maxsplit=1)[0])
+    except ValueError:
+        return False
+    if ip.is_multicast or ip.is_loopback or is_no_host(address):
+        return False
+    return ip.is_private or ip.is_link_local
 
 
 class DeviceAttributor:

@@ -2,6 +2,9 @@
 
 A flow belongs to the device that originates it: a Home Assistant device where the attributor
 knows one (watched from then on, "dynamic"), else the flow's LAN end as a network-only device.
+The originator is the connection's initiator, also for NetFlow/IPFIX: the decoder joins a
+router's reverse records with their forward ones, or turns a lone answer round onto the host that
+asked (``giot_engine.flow_join``), so a DNS or DHCP answer never counts as the server's flow.
 Network-only devices are capped (``MAX_NETWORK_DEVICES``): a sweep of spoofed LAN addresses
 must not make thousands of entities. Devices GIoT found itself are forgotten, entities and
 learnt state included, once unseen for the retention period.
@@ -18,7 +21,7 @@ from homeassistant.helpers import entity_registry as er
 from giot_engine.hub_detector import HubDetector
 from giot_engine.records import DeviceEvent, FlowRecord
 
-from .attribution import DeviceAttributor, NewAddress, is_lan_ip
+from .attribution import DeviceAttributor, NewAddress, is_lan_ip, is_no_host
 from .const import CONF_AREAS, CONF_DEVICES, CONF_LABELS, DOMAIN, LOGGER, MAX_NETWORK_DEVICES
 from .detector_runner import DetectorRunner
 from .hub_store import KNOWN_ADDRESSES_KEY, DeviceRecords, device_from_record
@@ -128,6 +131,8 @@ class WatchedDevices(Mapping[str, WatchedDevice]):
         A Home Assistant device where the attributor knows one, else the flow's LAN end as a
         network-only device; a flow between remote hosts belongs to nobody.
         """
+        if is_no_host(flow.orig_h):  # a broadcast answer or a DHCP discover: nobody's
+            return None
         attribution = self.attributor.attribute(flow)
         # The originator is the one behaving: an unknown LAN host scanning the camera is the
         # unknown host's anomaly, not the camera's.

@@ -6,6 +6,11 @@ sequence numbers (per exporter and observation domain) are learnt from earlier d
 batch is decoded at a time, so the decoder is never used from two threads. A LAN can be hostile:
 oversize datagrams and a flooded queue are dropped and counted before any decoding, malformed ones
 are counted by the decoder under a reason; nothing a sender does can raise out of the collector.
+
+Routers export both directions of a connection, often in separate datagrams: the decoder holds a
+connection half for ``JOIN_HOLD_S`` seconds waiting for the other half (``giot_engine.flow_join``),
+so that a connection is scored once, for its initiator. A timer releases the halves whose partner
+did not come (a lone answer still belongs to its initiator) when no datagram does it first.
 """
 
 import asyncio
@@ -14,9 +19,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, override
 
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.core import CALLBACK_TYPE, HassJob, HomeAssistant, callback
+from homeassistant.helpers.event import async_call_later
 
 from giot_engine.gil import GilYielder
 from giot_engine.netflow import NetFlowDecoder
@@ -31,6 +38,8 @@ MAX_BATCH = 512  # datagrams per executor job
 MAX_EXPORTERS = 1024  # distinct senders counted for diagnostics
 YIELD_EVERY_S = 0.002  # decoding lets the event loop have the GIL this often
 RECEIVE_BUFFER = 1 << 20  # ask the kernel to absorb bursts while the loop is busy
+JOIN_HOLD_S = 5.0  # how long a connection half waits for the other direction's record
+MAX_JOIN_PENDING = 4096  # connection halves waiting at most (the oldest is released first)
 
 
 @dataclass(slots=True)
@@ -45,6 +54,12 @@ class ListenerStats:
     lost_flows: int = 0  # sequence gaps, v5 and IPFIX
     lost_packets: int = 0  # sequence gaps, v9
     sequence_resets: int = 0
+    answers: int = 0  # records whose destination initiated: scored for the initiator
+    biflows: int = 0  # records carrying both directions
+    joined: int = 0  # forward record and its answer made one flow
+    lone_answers: int = 0  # answers delivered without their forward record
+    join_evicted: int = 0  # halves released early: the join table was full
+    join_pending: int = 0  # halves waiting now
     templates: int = 0  # in the decoder's cache now
     exporters: int = 0
     socket_errors: int = 0
@@ -90,16 +105,29 @@ class NetFlowListener:
         max_datagram: int = MAX_DATAGRAM,
         max_backlog: int = MAX_BACKLOG,
         trust_exporter_clock: bool = True,
+        join_hold_s: float = JOIN_HOLD_S,
     ) -> None:
-        """Prepare the collector; the port is bound by ``async_start``."""
+        """Prepare the collector; the port is bound by ``async_start``.
+
+        ``join_hold_s`` 0 joins the two directions of a connection only within one datagram and
+        delivers every flow of a datagram at once.
+        """
         self.hass = hass
         self.host = host
         self.port = port
         self.max_datagram = max_datagram
         self.max_backlog = max_backlog
         self._on_flows = on_flows
+        self.join_hold_s = join_hold_s
         self.decoder = NetFlowDecoder(
-            max_datagram=max_datagram, trust_exporter_clock=trust_exporter_clock
+            max_datagram=max_datagram,
+            trust_exporter_clock=trust_exporter_clock,
+            join_hold_s=join_hold_s,
+            max_join_pending=MAX_JOIN_PENDING,
+        )
+        self._expiry: CALLBACK_TYPE | None = None
+        self._expiry_job = HassJob(
+            self._expire, "giot netflow join expiry", cancel_on_shutdown=True
         )
         self._queue: deque[tuple[bytes, str, float]] = deque()
         self._dropped: Counter[str] = Counter()
@@ -116,7 +144,7 @@ class NetFlowListener:
     @property
     def stats(self) -> ListenerStats:
         """Counters for diagnostics (decoder counters included)."""
-        counters = self.decoder.counters
+        counters, joins = self.decoder.counters, self.decoder.joins
         return ListenerStats(
             datagrams=self._datagrams,
             bytes=self._bytes,
@@ -126,6 +154,12 @@ class NetFlowListener:
             lost_flows=counters.lost_flows,
             lost_packets=counters.lost_packets,
             sequence_resets=counters.sequence_resets,
+            answers=counters.answers,
+            biflows=counters.biflows,
+            joined=joins.joined,
+            lone_answers=joins.lone_answers,
+            join_evicted=joins.evicted,
+            join_pending=joins.pending,
             templates=self.decoder.template_count,
             exporters=len(self._exporters),
             socket_errors=self._socket_errors,
@@ -167,6 +201,9 @@ class NetFlowListener:
         transport, protocol = self._transport, self._protocol
         self._transport = self._protocol = None
         self._queue.clear()
+        if self._expiry is not None:
+            self._expiry()
+            self._expiry = None
         if transport is not None and protocol is not None:
             transport.close()
             await protocol.closed
@@ -203,13 +240,36 @@ class NetFlowListener:
             flows = await self.hass.async_add_executor_job(self._decode, batch)
             if len(self._exporters) < MAX_EXPORTERS:  # spoofed sources must not grow it forever
                 self._exporters.update(exporter for _, exporter, _ in batch)
-            if flows and self._transport is not None:
-                self._flows += len(flows)
-                try:
-                    self._on_flows(flows)
-                except Exception:
-                    self._callback_errors += 1
-                    LOGGER.exception("GIoT flow consumer failed on NetFlow flows")
+            self._deliver(flows)
+        self._schedule_expiry()
+
+    def _deliver(self, flows: list[FlowRecord]) -> None:
+        if flows and self._transport is not None:
+            self._flows += len(flows)
+            try:
+                self._on_flows(flows)
+            except Exception:
+                self._callback_errors += 1
+                LOGGER.exception("GIoT flow consumer failed on NetFlow flows")
+
+    @callback
+    def _schedule_expiry(self) -> None:
+        """Release waiting halves ``join_hold_s`` from now, unless datagrams do it first."""
+        if self._expiry is None and self._transport is not None and self.decoder.pending_joins:
+            self._expiry = async_call_later(self.hass, self.join_hold_s, self._expiry_job)
+
+    @callback
+    def _expire(self, now: datetime) -> None:
+        """Timer: deliver the halves that waited ``join_hold_s`` by ``now`` (the timer's time).
+
+        The decoder is only used by one batch at a time: while one runs, it releases the halves
+        itself (each datagram expires what waited long enough) and sets the timer again.
+        """
+        self._expiry = None
+        if self._drain is not None and not self._drain.done():
+            return
+        self._deliver(self.decoder.expire(now.timestamp()))
+        self._schedule_expiry()
 
     def _decode(self, batch: list[tuple[bytes, str, float]]) -> list[FlowRecord]:
         """Executor side: decode a batch in arrival order (the decoder never raises)."""

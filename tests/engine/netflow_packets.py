@@ -39,6 +39,8 @@ from giot_engine.records import FlowRecord
 
 VARLEN = 0xFFFF
 DOC_ENTERPRISE = 32473  # private enterprise number reserved for documentation (RFC 5612)
+REVERSE_PEN = 29305  # RFC 5103: reverse information elements (same numbers as the forward ones)
+REVERSE = 1 << 16  # ``record_values`` key of a reverse element: IE | REVERSE
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17}
 
 
@@ -83,6 +85,27 @@ IPFIX_IPV4_FIELDS: tuple[Field, ...] = (
     Field(2, VARLEN, DOC_ENTERPRISE),  # variable-length enterprise field
 )
 IPFIX_IPV6_FIELDS: tuple[Field, ...] = (Field(27, 16), Field(28, 16), *IPFIX_IPV4_FIELDS[2:])
+# An RFC 5103 biflow as YAF exports it: forward counters, then the reverse ones (enterprise 29305).
+IPFIX_BIFLOW_FIELDS: tuple[Field, ...] = (
+    *IPFIX_IPV4_FIELDS[:8],  # addresses, ports, protocol, flags, octets, packets
+    Field(152, 8),  # flowStartMilliseconds
+    Field(153, 8),  # flowEndMilliseconds
+    Field(1, 8, REVERSE_PEN),  # reverseOctetDeltaCount
+    Field(2, 8, REVERSE_PEN),  # reversePacketDeltaCount
+    Field(6, 2, REVERSE_PEN),  # reverseTcpControlBits
+    Field(56, 6),  # sourceMacAddress
+)
+IPFIX_BIFLOW_DIRECTION_FIELDS: tuple[Field, ...] = (*IPFIX_BIFLOW_FIELDS, Field(239, 1))
+# Cisco NSEL (ASA) style: one record per connection, the source is the initiator.
+IPFIX_INITIATOR_FIELDS: tuple[Field, ...] = (
+    *IPFIX_IPV4_FIELDS[:6],
+    Field(231, 8),  # initiatorOctets
+    Field(232, 8),  # responderOctets
+    Field(298, 8),  # initiatorPackets
+    Field(299, 8),  # responderPackets
+    Field(152, 8),
+    Field(153, 8),
+)
 
 
 # -- values of one record ----------------------------------------------------------------------
@@ -127,7 +150,36 @@ def record_values(
     }
     if record.orig_mac is not None:
         values[56] = bytes.fromhex(record.orig_mac.replace(":", ""))
+    # biflows: the responder's counters as reverse elements and initiator/responder counters
+    values[REVERSE | 1] = values[232] = record.resp_bytes or 0
+    values[REVERSE | 2] = values[299] = record.resp_pkts or 0
+    values[231], values[298] = record.orig_bytes or 0, record.orig_pkts or 0
     return values
+
+
+def reply_of(record: FlowRecord, *, delay: float = 0.0) -> FlowRecord:
+    """The answer of ``record`` as a uniflow exporter reports it: the responder as the source.
+
+    Its counters are the responder's (``resp_bytes``/``resp_pkts``), it starts ``delay`` seconds
+    later and has no MAC (a reply's source MAC is the server's or the router's, not the client's).
+    ICMP echo requests (8, 128) become echo replies (0, 129).
+    """
+    orig_p, resp_p = record.resp_p, record.orig_p
+    if record.proto == "icmp":
+        orig_p, resp_p = {8: 0, 128: 129, 13: 14}.get(record.orig_p, record.orig_p), record.resp_p
+    duration = None if record.duration is None else max(0.0, record.duration - delay)
+    return FlowRecord(
+        ts=record.ts + delay,
+        orig_h=record.resp_h,
+        orig_p=orig_p,
+        resp_h=record.orig_h,
+        resp_p=resp_p,
+        proto=record.proto,
+        duration=duration,
+        orig_bytes=record.resp_bytes,
+        orig_pkts=record.resp_pkts,
+        tcp_flags=record.tcp_flags,
+    )
 
 
 def encode_varlen(value: bytes, *, long_form: bool = False) -> bytes:
@@ -153,11 +205,15 @@ def encode_record(
         raw = (extra or {}).get(spec)
         if spec.length == VARLEN:
             out += encode_varlen(raw or b"")
-        elif raw is not None:
+            continue
+        if raw is not None:
             out += raw[: spec.length].ljust(spec.length, b"\x00")
-        elif spec.enterprise is None and isinstance(value := values.get(spec.ie), int):
+            continue
+        key = {None: spec.ie, REVERSE_PEN: REVERSE | spec.ie}.get(spec.enterprise)
+        value = values.get(key) if key is not None else None
+        if isinstance(value, int):
             out += (value & ((1 << (8 * spec.length)) - 1)).to_bytes(spec.length, "big")
-        elif spec.enterprise is None and isinstance(value, bytes) and len(value) == spec.length:
+        elif isinstance(value, bytes) and len(value) == spec.length:
             out += value
         else:
             out += bytes(spec.length)

@@ -13,10 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from giot_engine.flow_join import initiator
 from giot_engine.netflow import REJECT_REASONS, NetFlowDecoder
 from giot_engine.records import FlowRecord
 from tests.engine.netflow_packets import (
     DOC_ENTERPRISE,
+    IPFIX_BIFLOW_DIRECTION_FIELDS,
+    IPFIX_BIFLOW_FIELDS,
+    IPFIX_INITIATOR_FIELDS,
     IPFIX_IPV4_FIELDS,
     IPFIX_IPV6_FIELDS,
     V9_IPV4_FIELDS,
@@ -34,6 +38,7 @@ from tests.engine.netflow_packets import (
     ipfix_template_set,
     ipfix_withdrawal_set,
     record_values,
+    reply_of,
     v9_datagram,
     v9_options_template_flowset,
     v9_template_flowset,
@@ -790,3 +795,226 @@ def test_seeds_decode_cleanly() -> None:
     assert not dec.counters.problems
     assert dec.counters.templates_withdrawn == 1  # 256, by the first seed's "withdraw all"
     assert dec.template_count == 5  # v9 256 and 300, IPFIX 256, 257 and options 400
+
+
+# -- directions: biflows, answers and joined halves ---------------------------------------------
+
+ROUTER = "192.168.1.1"
+DNS = FlowRecord(
+    ts=T0 - 2.0,
+    orig_h="192.168.1.20",
+    orig_p=53124,
+    resp_h=ROUTER,
+    resp_p=53,
+    proto="udp",
+    duration=0.02,
+    orig_bytes=71,
+    orig_pkts=1,
+    resp_bytes=187,
+    resp_pkts=1,
+    tcp_flags=0,
+    orig_mac="aa:bb:cc:00:11:22",
+)
+HTTPS = dataclasses.replace(TCP, resp_bytes=987_654, resp_pkts=120)
+DHCP_OFFER = FlowRecord(  # the router's answer to a DHCP request: 67 -> 68
+    ts=T0 - 1.0,
+    orig_h=ROUTER,
+    orig_p=67,
+    resp_h="192.168.1.77",
+    resp_p=68,
+    proto="udp",
+    duration=0.0,
+    orig_bytes=342,
+    orig_pkts=1,
+    tcp_flags=0,
+    orig_mac="02:00:00:00:00:01",  # the router's MAC: must not name the originator
+)
+
+
+def whole(record: FlowRecord, uid: str, **changes: object) -> FlowRecord:
+    """``record`` as one connection record with both sides' counters (what Zeek would log)."""
+    fields: dict[str, object] = {
+        "uid": uid,
+        "orig_ip_bytes": record.orig_bytes,
+        "resp_ip_bytes": record.resp_bytes,
+        **changes,
+    }
+    return dataclasses.replace(record, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("proto", "sport", "dport", "direction", "who"),
+    [
+        (17, 53124, 53, None, "source"),  # DNS query
+        (17, 53, 53124, None, "destination"),  # its answer
+        (17, 67, 68, None, "destination"),  # DHCP offer/ack: 68 is a client port
+        (17, 68, 67, None, "source"),
+        (17, 547, 546, None, "destination"),  # DHCPv6
+        (6, 443, 51000, None, "destination"),
+        (6, 51000, 8883, None, "source"),  # MQTT over TLS: a registered service
+        (6, 1883, 40000, None, "destination"),
+        (17, 123, 123, None, None),  # NTP symmetric: no telling
+        (17, 5353, 5353, None, None),
+        (17, 40000, 50000, None, None),  # both ephemeral: P2P, RTP
+        (6, 8080, 0, None, None),  # port 0 is nobody's client port
+        (47, 0, 0, None, None),  # GRE
+        (1, 8, 0, None, "source"),  # echo request (type in the source port)
+        (1, 0, 0, None, "destination"),  # echo reply
+        (58, 129, 0, None, "destination"),  # ICMPv6 echo reply
+        (1, 3, 3, None, None),  # unreachable
+        (6, 443, 51000, 1, "source"),  # biflowDirection initiator overrides the ports
+        (6, 51000, 443, 2, "destination"),  # reverseInitiator
+        (6, 51000, 443, 0, "source"),  # arbitrary: the ports decide
+    ],
+)
+def test_initiator_rule(
+    proto: int, sport: int, dport: int, direction: int | None, who: str | None
+) -> None:
+    assert initiator(proto, sport, dport, direction) == who
+
+
+def test_ipfix_biflow_of_a_dns_query_is_one_record_with_both_byte_counts() -> None:
+    dec = NetFlowDecoder()
+    datagram = build_ipfix([DNS], export_time=T0, sequence=7, fields=IPFIX_BIFLOW_FIELDS)
+    assert b"\x80\x01\x00\x08\x00\x00\x72\x79" in datagram  # reverseOctetDeltaCount, PEN 29305
+    (got,) = decode(dec, datagram)
+    assert got == whole(DNS, f"nf10/{EXPORTER}/0/7/0")
+    assert (got.orig_bytes, got.resp_bytes, got.orig_pkts, got.resp_pkts) == (71, 187, 1, 1)
+    assert dec.counters.biflows == 1
+    assert dec.counters.answers == 0
+    assert dec.joins.joined == 0  # nothing to join: the exporter did it
+
+
+def test_ipfix_biflow_with_the_server_as_source_is_turned_round() -> None:
+    """A biflow whose source is the server (reverseInitiator, or ports saying so) is turned."""
+    served = dataclasses.replace(
+        reply_of(HTTPS), orig_bytes=HTTPS.resp_bytes, resp_bytes=HTTPS.orig_bytes
+    )
+    served.orig_pkts, served.resp_pkts = HTTPS.resp_pkts, HTTPS.orig_pkts
+    for fields, extra in (
+        (IPFIX_BIFLOW_FIELDS, {}),
+        (IPFIX_BIFLOW_DIRECTION_FIELDS, {Field(239, 1): b"\x02"}),
+    ):
+        dec = NetFlowDecoder()
+        msg = build_ipfix([served], export_time=T0, fields=fields, extra=extra)
+        (got,) = decode(dec, msg)
+        assert got == whole(HTTPS, f"nf10/{EXPORTER}/0/0/0", orig_mac=None)
+        assert dec.counters.answers == 1
+    # biflowDirection 1 (initiator) keeps the exported orientation even against the ports
+    msg = build_ipfix(
+        [served],
+        export_time=T0,
+        fields=IPFIX_BIFLOW_DIRECTION_FIELDS,
+        extra={Field(239, 1): b"\x01"},
+    )
+    (got,) = decode(NetFlowDecoder(), msg)
+    assert (got.orig_h, got.orig_p) == (HTTPS.resp_h, 443)
+
+
+def test_initiator_and_responder_counters_make_one_record() -> None:
+    """Cisco NSEL style (initiatorOctets/responderOctets): the source is the initiator."""
+    msg = build_ipfix([HTTPS], export_time=T0, fields=IPFIX_INITIATOR_FIELDS)
+    (got,) = decode(NetFlowDecoder(), msg)
+    # 231/232 count payload bytes (Zeek's orig_bytes); the template has no IP-layer octets
+    assert got == whole(
+        HTTPS, f"nf10/{EXPORTER}/0/0/0", orig_mac=None, orig_ip_bytes=None, resp_ip_bytes=None
+    )
+
+
+def test_v9_forward_and_reverse_records_of_one_tcp_connection_join() -> None:
+    dec = NetFlowDecoder()
+    reply = reply_of(HTTPS, delay=0.05)
+    got = decode(dec, build_v9([HTTPS, reply, UDP], unix_secs=T0, sequence=11))
+    assert got == [
+        whole(HTTPS, f"nf9/{EXPORTER}/0/11/0"),  # the forward record's uid, both counters
+        expected(UDP, f"nf9/{EXPORTER}/0/11/2"),  # unknown direction (5353 -> 5353), alone
+    ]
+    assert dec.joins.joined == 1
+    assert dec.counters.answers == 1
+    assert dec.counters.records == 2
+    # reply first works the same
+    got = decode(NetFlowDecoder(), build_v9([reply, HTTPS], unix_secs=T0, sequence=11))
+    assert got == [whole(HTTPS, f"nf9/{EXPORTER}/0/11/1")]
+
+
+def test_halves_in_two_datagrams_join_within_the_hold_time() -> None:
+    dec = NetFlowDecoder(join_hold_s=5.0)
+    assert dec.decode(build_v9([HTTPS], unix_secs=T0, sequence=0), EXPORTER, T0) == []
+    assert dec.pending_joins == 1
+    reply = reply_of(HTTPS, delay=0.05)
+    got = dec.decode(build_v9([reply], unix_secs=T0 + 1, sequence=1), EXPORTER, T0 + 1.0)
+    assert got == [whole(HTTPS, f"nf9/{EXPORTER}/0/0/0")]
+    assert dec.pending_joins == 0
+    # ICMP echo: request and reply join as Zeek logs a ping (type 8, code 0)
+    ping = dataclasses.replace(ICMP, resp_bytes=168, resp_pkts=2)
+    assert dec.decode(build_v5([ping], unix_secs=T0, sequence=0), EXPORTER, T0 + 2) == []
+    got = dec.decode(build_v5([reply_of(ping)], unix_secs=T0, sequence=1), EXPORTER, T0 + 3)
+    assert got == [whole(ping, f"nf5/{EXPORTER}/0/0/0", orig_mac=None)]
+    # mirrored records of unknown direction (NTP 123 <-> 123): the earlier one initiated
+    ntp = FlowRecord(
+        ts=T0 - 5.0, orig_h="192.168.1.20", orig_p=123, resp_h="162.159.200.1", resp_p=123,
+        proto="udp", duration=0.05, orig_bytes=76, orig_pkts=1, resp_bytes=76, resp_pkts=1,
+        tcp_flags=0,
+    )  # fmt: skip
+    answer = reply_of(ntp, delay=0.03)
+    assert dec.decode(build_v5([answer], unix_secs=T0, sequence=2), EXPORTER, T0 + 4) == []
+    got = dec.decode(build_v5([ntp], unix_secs=T0, sequence=3), EXPORTER, T0 + 4)
+    assert got == [whole(ntp, f"nf5/{EXPORTER}/0/3/0", orig_mac=None)]
+    assert dec.joins.joined == 3
+
+
+def test_a_lone_reply_is_the_initiators_answered_traffic() -> None:
+    """The forward record was lost: the reply is turned round onto its destination."""
+    dec = NetFlowDecoder(join_hold_s=5.0)
+    reply = reply_of(DNS)
+    assert dec.decode(build_v9([reply], unix_secs=T0, sequence=0), EXPORTER, T0) == []
+    assert dec.expire(T0 + 4.9) == []
+    (got,) = dec.expire(T0 + 5.0)
+    assert (got.orig_h, got.orig_p, got.resp_h, got.resp_p) == (DNS.orig_h, 53124, ROUTER, 53)
+    assert (got.orig_bytes, got.orig_pkts, got.resp_bytes, got.resp_pkts) == (None, None, 187, 1)
+    assert got.orig_mac is None
+    assert dec.joins.lone_answers == 1
+    assert dec.joins.expired == 1
+    assert dec.counters.records == 1
+
+
+def test_a_dhcp_server_reply_is_not_the_routers_initiation() -> None:
+    got = decode(NetFlowDecoder(), build_v9([DHCP_OFFER], unix_secs=T0, sequence=0))
+    assert [(r.orig_h, r.orig_p, r.resp_h, r.resp_p) for r in got] == [
+        ("192.168.1.77", 68, ROUTER, 67)
+    ]
+    assert got[0].orig_mac is None  # the router's MAC does not name the client
+    assert got[0].resp_bytes == 342
+    assert got[0].orig_bytes is None
+    # broadcast offers too: the router is the responder, never the originator
+    broadcast = dataclasses.replace(DHCP_OFFER, resp_h="255.255.255.255")
+    (got_b,) = decode(NetFlowDecoder(), build_v5([broadcast], unix_secs=T0))
+    assert (got_b.orig_h, got_b.resp_h, got_b.resp_p) == ("255.255.255.255", ROUTER, 67)
+
+
+def test_the_join_table_is_bounded_and_counts_what_it_released() -> None:
+    dec = NetFlowDecoder(join_hold_s=60.0, max_join_pending=3)
+    flows = [dataclasses.replace(HTTPS, orig_p=51000 + i) for i in range(5)]
+    got = dec.decode(build_v9(flows, unix_secs=T0), EXPORTER, T0)
+    assert [r.orig_p for r in got] == [51000, 51001]  # the oldest, pushed out
+    assert dec.joins.evicted == 2
+    assert dec.pending_joins == dec.joins.pending == 3
+    # a reply whose forward record was evicted comes out alone, turned round
+    got = dec.decode(build_v9([reply_of(flows[0])], unix_secs=T0, sequence=1), EXPORTER, T0)
+    assert [r.orig_p for r in got] == [51002]  # evicted to make room for the reply
+    assert [(r.orig_p, r.resp_bytes) for r in dec.flush()] == [
+        (51003, None),
+        (51004, None),
+        (51000, HTTPS.resp_bytes),
+    ]
+    assert dec.joins.lone_answers == 1
+    assert dec.joins.lone_forward == 5
+    assert dec.pending_joins == 0
+
+
+def test_halves_far_apart_in_time_are_not_joined() -> None:
+    """A new connection reusing the ports is not the old one's answer."""
+    late = reply_of(DNS, delay=600.0)
+    got = decode(NetFlowDecoder(), build_v9([DNS, late], unix_secs=T0 + 700))
+    assert [(r.orig_bytes, r.resp_bytes) for r in got] == [(71, None), (None, 187)]
+    assert {r.orig_h for r in got} == {DNS.orig_h}

@@ -1,15 +1,23 @@
 """The NetFlow/IPFIX collector on a real UDP socket, fed real v5, v9 and IPFIX datagrams."""
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import AsyncGenerator, Callable, Generator
+from datetime import timedelta
 
 import pytest
 from homeassistant.core import HomeAssistant
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
-from custom_components.giot.netflow_listener import NetFlowListener, async_check_port_free
+from custom_components.giot.netflow_listener import (
+    JOIN_HOLD_S,
+    NetFlowListener,
+    async_check_port_free,
+)
 from giot_engine.records import FlowRecord, counts_dict
-from tests.engine.netflow_packets import build_ipfix, build_v5, build_v9
+from tests.engine.netflow_packets import build_ipfix, build_v5, build_v9, reply_of
 
 # pytest-socket (through Home Assistant's test plugin) blocks sockets unless a test asks for them.
 pytestmark = pytest.mark.usefixtures("socket_enabled")
@@ -72,9 +80,12 @@ async def wait_until(hass: HomeAssistant, condition: Callable[[], bool]) -> None
 
 @pytest.fixture
 async def listener(hass: HomeAssistant) -> AsyncGenerator[tuple[NetFlowListener, Sink]]:
-    """A running listener on a port the system picked."""
+    """A running listener on a port the system picked, delivering each datagram's flows at once.
+
+    ``join_hold_s=0``: these tests are about decoding; joining across datagrams has its own.
+    """
     sink = Sink()
-    collector = NetFlowListener(hass, sink, host=LOCALHOST, port=0)
+    collector = NetFlowListener(hass, sink, host=LOCALHOST, port=0, join_hold_s=0)
     await collector.async_start()
     assert collector.bound_port
     yield collector, sink
@@ -189,10 +200,47 @@ async def test_malformed_and_oversize_are_counted(
     assert counts_dict(stats)["rejected"]["oversize"] == 1
 
 
+async def test_the_two_directions_join_across_datagrams(
+    hass: HomeAssistant, sender: Callable[[bytes, int], None]
+) -> None:
+    """A router's forward and reverse records, in two datagrams, become one flow; a reply whose
+    forward record was lost is delivered by the timer, turned round onto its initiator."""
+    sink = Sink()
+    collector = NetFlowListener(hass, sink, host=LOCALHOST, port=0)
+    await collector.async_start()
+    port = collector.bound_port
+    assert port is not None
+    forward, lost = (dataclasses.replace(r, resp_bytes=9000, resp_pkts=9) for r in records(2))
+    sender(build_v9([forward], unix_secs=EXPORT, sequence=0), port)
+    await wait_until(hass, lambda: collector.stats.accepted == 1)
+    assert sink.flows == []  # waiting for its answer
+    assert collector.stats.join_pending == 1
+    sender(build_v9([reply_of(forward), reply_of(lost)], unix_secs=EXPORT, sequence=1), port)
+    await wait_until(hass, lambda: len(sink.flows) == 1)
+    joined = sink.flows[0]
+    assert (joined.orig_h, joined.orig_p, joined.resp_p) == ("192.168.1.20", 50000, 443)
+    assert (joined.orig_bytes, joined.resp_bytes, joined.resp_pkts) == (1000, 9000, 9)
+
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=JOIN_HOLD_S + 1))
+    await wait_until(hass, lambda: len(sink.flows) == 2)
+    alone = sink.flows[1]
+    assert (alone.orig_h, alone.orig_p, alone.resp_h, alone.resp_p) == (
+        "192.168.1.20",
+        50001,
+        "93.184.216.34",
+        443,
+    )
+    assert (alone.orig_bytes, alone.resp_bytes) == (None, 9000)
+    stats = collector.stats
+    assert (stats.joined, stats.answers, stats.lone_answers, stats.join_pending) == (1, 2, 1, 0)
+    assert stats.flows == 2
+    await collector.async_stop()
+
+
 async def test_backlog_bound(hass: HomeAssistant) -> None:
     """A flood beyond the queue bound is dropped and counted, not buffered without limit."""
     sink = Sink()
-    collector = NetFlowListener(hass, sink, host=LOCALHOST, port=0, max_backlog=2)
+    collector = NetFlowListener(hass, sink, host=LOCALHOST, port=0, max_backlog=2, join_hold_s=0)
     good = build_v5(records(1), unix_secs=EXPORT)
     for _ in range(5):  # as the protocol would call it, within one loop iteration
         collector.datagram_received(good, "192.168.1.1")
@@ -212,7 +260,7 @@ async def test_consumer_error_does_not_stop_collection(
         if len(calls) == 1:
             raise RuntimeError("consumer bug")
 
-    collector = NetFlowListener(hass, consumer, host=LOCALHOST, port=0)
+    collector = NetFlowListener(hass, consumer, host=LOCALHOST, port=0, join_hold_s=0)
     await collector.async_start()
     port = collector.bound_port
     assert port is not None

@@ -21,7 +21,17 @@ Choices worth knowing:
   fields included, is skipped by length. ICMP type and code go to ``orig_p``/``resp_p`` as Zeek
   has them (from icmpTypeCode 32/139, else from the Cisco ``type << 8 | code`` destination port).
   An all-zero MAC is "unknown". Counters are as exported: sampling rates are not applied.
-  flowDirection (61) is not read: FlowRecord has no field for it.
+- Direction (``flow_join``): routers export both directions of a connection, and a record is
+  turned round to Zeek's shape where its *destination* initiated (:func:`flow_join.initiator`:
+  biflowDirection 239, ICMP replies, service port to non-service port). RFC 5103 biflows (reverse
+  elements, enterprise 29305: reverseOctetDeltaCount, reversePacketDeltaCount, their total-count
+  forms and reverseTcpControlBits) and Cisco NSEL-style initiator/responder counters (231/232,
+  298/299, the source being the initiator) decode into one record with both sides' counters.
+  Uniflow halves go through a :class:`flow_join.FlowJoiner`: a forward record and its answer
+  that meet within ``join_hold_s`` seconds of arrival (within one datagram by default) become one
+  record; an answer left alone stays turned round, the initiator's answered traffic. flowDirection
+  (61) is not read: ingress/egress of an interface says nothing about who initiated.
+  NetFlow v9 OUT_BYTES/OUT_PKTS (23/24) are not read either: exporters disagree on their meaning.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from .flow_join import FlowJoiner, Half, JoinStats, as_answer, initiator
 from .records import FlowRecord, ParseStats
 
 __all__ = ["REJECT_REASONS", "VARLEN", "NetFlowCounters", "NetFlowDecoder", "StreamStats"]
@@ -79,8 +90,11 @@ _ADDR6 = frozenset({27, 28})
 _MAC = frozenset({56, 81})
 _INTS = frozenset(
     {1, 2, 4, 6, 7, 11, 21, 22, 32, 85, 86, 139, 150, 151, 152, 153, 154, 155, 156, 157}
-    | {158, 159, 160, 161, 162}
+    | {158, 159, 160, 161, 162, 231, 232, 239, 298, 299}
 )
+REVERSE_PEN = 29305  # RFC 5103: reverse information elements, same numbers as the forward ones
+_REV = 1 << 16  # values key of a reverse element: IE | _REV
+_REVERSE_INTS = frozenset({1, 2, 6, 85, 86})
 _INIT_TIME = 160  # systemInitTimeMilliseconds: the only option value read (base of 21/22)
 _INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp"}  # Zeek calls ICMPv6 "icmp" too
@@ -88,11 +102,18 @@ _PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp"}  # Zeek calls ICMPv6
 _Values = dict[int, Any]  # IE -> int, or bytes for addresses and MACs (fixed by _kind)
 
 
-def _kind(ie: int, enterprise: int, length: int, options: bool) -> str:
-    """Say how to keep a field: "" skip, "i" unsigned integer, "b" raw bytes."""
-    if enterprise or (options and ie != _INIT_TIME):
+def _key(ie: int, enterprise: int) -> int | None:
+    """Values key of a field: the IE, IE | _REV for an RFC 5103 reverse counter, None to skip."""
+    if not enterprise:
+        return ie
+    return ie | _REV if enterprise == REVERSE_PEN and ie in _REVERSE_INTS else None
+
+
+def _kind(ie: int, length: int, options: bool) -> str:
+    """Say how to keep a field (by its values key): "" skip, "i" unsigned integer, "b" bytes."""
+    if options and ie != _INIT_TIME:
         return ""
-    if ie in _INTS:
+    if ie in _INTS or ie & _REV:
         return "i" if 1 <= length <= 8 else ""
     if ie in _ADDR4:
         return "b" if length == 4 else ""
@@ -116,10 +137,11 @@ class _Template:
         seen: set[int] = set()
         plan: list[tuple[int, int, str]] = []
         for ie, length, ent in fields:
-            kind = "" if ie in seen else _kind(ie, ent, length, scope_count > 0)
-            if kind:
-                seen.add(ie)
-            plan.append((ie, length, kind))
+            key = _key(ie, ent)
+            kind = "" if key is None or key in seen else _kind(key, length, scope_count > 0)
+            if kind and key is not None:
+                seen.add(key)
+            plan.append((key or 0, length, kind))
         self.plan = tuple(plan)
         self.slots = tuple(ie for ie, _, kind in plan if kind)
         self.fixed: struct.Struct | None = None
@@ -207,6 +229,8 @@ class NetFlowCounters:
     lost_packets: int = 0  # v9 sequence gaps
     reordered: int = 0
     sequence_resets: int = 0
+    answers: int = 0  # records turned round: their destination initiated the connection
+    biflows: int = 0  # records carrying both directions (RFC 5103 reverse or 231/232 elements)
     problems: Counter[str] = field(default_factory=Counter)  # every problem, not only the first
 
 
@@ -222,6 +246,7 @@ class _Datagram:
     stream: StreamStats
     uid: str  # prefix: version, exporter, domain and sequence; the record index follows
     export_ms: float
+    received_at: float = 0.0
     uptime_ms: int | None = None  # v5/v9 header sysUptime, base of FIRST/LAST_SWITCHED
     init_ms: int | None = None  # IPFIX systemInitTimeMilliseconds learnt from options data
     offset_s: float = 0.0
@@ -256,6 +281,7 @@ def _time_ms(values: _Values, ctx: _Datagram, ies: tuple[int, ...]) -> float | N
     return float(t)
 
 
+_HALVES: dict[str | None, Half] = {"source": "f", "destination": "a", None: "u"}
 _START = (152, 156, 154, 150, 158, 22)
 _END = (153, 157, 155, 151, 159, 21)
 
@@ -265,6 +291,9 @@ class NetFlowDecoder:
 
     ``trust_exporter_clock=False`` shifts every time by (received_at - export time of the header),
     for exporters whose clock is not set; relative times within a datagram are kept.
+    ``join_hold_s`` is how long (seconds of arrival time) a connection half waits for its other
+    half: 0 joins within one datagram only and returns every record of a datagram at once; more
+    holds unmatched halves back until a later ``decode`` or ``expire`` (call it on a timer).
     """
 
     def __init__(
@@ -277,6 +306,8 @@ class NetFlowDecoder:
         reorder_window_packets: int = 64,
         reorder_window_flows: int = 4096,
         trust_exporter_clock: bool = True,
+        join_hold_s: float = 0.0,
+        max_join_pending: int = 4096,
     ) -> None:
         self.max_datagram = max_datagram
         self.max_templates = max(1, max_templates)
@@ -290,6 +321,7 @@ class NetFlowDecoder:
         self._templates: dict[tuple[str, int, int, int], _Template] = {}
         self._streams: dict[tuple[str, int, int], StreamStats] = {}
         self._problems: list[str] = []  # of the datagram being decoded
+        self._joiner = FlowJoiner(hold_s=join_hold_s, max_pending=max_join_pending)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -305,6 +337,7 @@ class NetFlowDecoder:
         self._problems.clear()
         try:
             self._decode(bytes(datagram), exporter, received_at, out)
+            out.extend(self._joiner.expire(received_at))
         except Exception:  # a bug must cost one datagram, not the collector
             self._problem("internal_error")
         if self._problems:
@@ -313,6 +346,28 @@ class NetFlowDecoder:
             self.stats.accepted += 1
         self.counters.records += len(out)
         return out
+
+    def expire(self, now: float) -> list[FlowRecord]:
+        """Release connection halves that waited ``join_hold_s`` by ``now`` (a timer's job)."""
+        out = self._joiner.expire(now)
+        self.counters.records += len(out)
+        return out
+
+    def flush(self) -> list[FlowRecord]:
+        """Release every waiting connection half (the collector stops)."""
+        out = self._joiner.flush()
+        self.counters.records += len(out)
+        return out
+
+    @property
+    def joins(self) -> JoinStats:
+        """What the joiner did: joined pairs, lone answers, expired and evicted halves."""
+        return self._joiner.stats
+
+    @property
+    def pending_joins(self) -> int:
+        """Connection halves waiting for their other half."""
+        return len(self._joiner)
 
     def stream(self, exporter: str, version: int, domain: int) -> StreamStats | None:
         """Sequence state of one stream (v5 domain: engine type << 8 | engine id)."""
@@ -381,6 +436,7 @@ class NetFlowDecoder:
             stream=stream,
             uid=f"nf{version}/{exporter}/{domain}/{sequence}/",
             export_ms=export_ms,
+            received_at=received_at,
             init_ms=stream.system_init_ms,
             offset_s=0.0 if self.trust_exporter_clock else received_at - export_ms / 1000.0,
         )
@@ -644,25 +700,49 @@ class NetFlowDecoder:
                 start = end - span
         ts = start if start is not None else end if end is not None else ctx.export_ms
         octets, flags = values.get(1, values.get(85)), values.get(6)
+        pkts = values.get(2, values.get(86))
+        rev_octets = values.get(_REV | 1, values.get(_REV | 85))
+        rev_pkts = values.get(_REV | 2, values.get(_REV | 86))
+        if (rev_flags := values.get(_REV | 6)) is not None:
+            flags = (flags or 0) | rev_flags
+        init_octets, resp_octets = values.get(231), values.get(232)
+        ip_octets = octets
+        if init_octets is not None or resp_octets is not None:  # payload bytes (as Zeek's)
+            octets, rev_octets, rev_ip_octets = init_octets, resp_octets, None
+            pkts = values.get(298, pkts)
+            rev_pkts = values.get(299, rev_pkts)
+        else:
+            rev_ip_octets = rev_octets
+        biflow = rev_octets is not None or rev_pkts is not None
         # exporters send zeros where they have no MAC
         mac = next((m for m in (values.get(56), values.get(81)) if m and any(m)), None)
-        ctx.out.append(
-            FlowRecord(
-                ts=ts / 1000.0 + ctx.offset_s,
-                orig_h=_address(src),
-                orig_p=sport,
-                resp_h=_address(dst),
-                resp_p=dport,
-                proto=_PROTO_NAMES.get(proto, str(proto)),
-                uid=f"{ctx.uid}{index}",
-                duration=span / 1000.0 if span is not None and span >= 0 else None,
-                orig_bytes=octets,
-                orig_pkts=values.get(2, values.get(86)),
-                orig_ip_bytes=octets,  # NetFlow counts IP-layer octets
-                tcp_flags=flags & 0xFF if flags is not None else None,
-                orig_mac=mac.hex(":") if mac is not None else None,
-            )
+        record = FlowRecord(
+            ts=ts / 1000.0 + ctx.offset_s,
+            orig_h=_address(src),
+            orig_p=sport,
+            resp_h=_address(dst),
+            resp_p=dport,
+            proto=_PROTO_NAMES.get(proto, str(proto)),
+            uid=f"{ctx.uid}{index}",
+            duration=span / 1000.0 if span is not None and span >= 0 else None,
+            orig_bytes=octets,
+            orig_pkts=pkts,
+            orig_ip_bytes=ip_octets,  # NetFlow counts IP-layer octets
+            resp_bytes=rev_octets,
+            resp_pkts=rev_pkts,
+            resp_ip_bytes=rev_ip_octets,
+            tcp_flags=flags & 0xFF if flags is not None else None,
+            orig_mac=mac.hex(":") if mac is not None else None,
         )
+        who = initiator(proto, sport, dport, values.get(239))
+        if who is None and (init_octets is not None or resp_octets is not None):
+            who = "source"  # initiator/responder counters: the source is the initiator
+        if who == "destination":
+            record = as_answer(record, proto)
+            self.counters.answers += 1
+        self.counters.biflows += biflow
+        half: Half = None if biflow else _HALVES[who]
+        ctx.out.extend(self._joiner.push(record, half, ctx.received_at))
 
     # -- sequence numbers -----------------------------------------------------------------------
 
