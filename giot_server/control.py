@@ -6,6 +6,8 @@ enrolment sync compares public keys, which ``flwr supernode ls`` does not print.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,8 @@ class Control:
 
     def __init__(self, address: str, root_certificates: Path | None) -> None:
         conn = parse_superlink_connection(connection(address, root_certificates), "giot-server")
-        self.client: ControlHttpClient = init_http_client_from_connection(conn)
+        with contextlib.redirect_stdout(io.StringIO()):  # Flower prints "Using SuperLink: ..."
+            self.client: ControlHttpClient = init_http_client_from_connection(conn)
 
     def __enter__(self) -> Control:
         return self
