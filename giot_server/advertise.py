@@ -22,7 +22,14 @@ SERVICE_TYPE = "_giot-server._tcp.local."
 def lan_addresses(host: str) -> list[str]:
     """Addresses to announce: ``host`` itself, or this machine's outward IPv4 for 0.0.0.0."""
     if host not in {"0.0.0.0", "::", ""}:
-        return [host]
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                ip = ipaddress.ip_address(socket.gethostbyname(host))
+            except OSError:
+                return []
+        return [] if ip.is_loopback else [str(ip)]  # loopback: nothing on the LAN reaches it
     addrs: list[str] = []
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect(("192.0.2.1", 9))  # no packet is sent: only picks the outgoing interface
@@ -52,7 +59,7 @@ def advertise(host: str, port: int, properties: dict[str, str]) -> Advertiser | 
         return None
     addrs = lan_addresses(host)
     if not addrs:
-        log.info("no LAN address to advertise (host %s)", host)
+        log.info("not advertised on the LAN: listening on %s only", host)
         return None
     name = socket.gethostname().split(".")[0] or "giot"
     try:
