@@ -5,11 +5,12 @@ Unlike ``test_fl_simulation`` (Ray, in process), this starts the processes a rea
 ``--node-config`` partition, on free localhost ports, all state under ``tmp_path``. A connection
 written by ``fl_server.flwr_config`` (what ``scripts/federation remote`` does) into a temporary
 ``FLWR_HOME`` points ``flwr run --stream`` at the SuperLink, which ships the app bundle (FAB) to the
-SuperExecs that start ``flwr-serverapp`` and ``flwr-clientapp`` processes. So the FAB build (the
-``giot_engine`` symlink it skips), the run config and the Message API are all exercised for real.
+SuperExecs that start ``flwr-serverapp`` and ``flwr-clientapp`` processes. So the FAB build, the
+run config and the Message API are all exercised for real (the engine is an installed library).
 
-The app is staged from the repository's own files (those ``fab-include`` names, the symlink, its
-``pyproject.toml`` as it is) rather than built from the root: Flower's FAB builder walks the whole
+The app is staged from the repository's own files (those ``fab-include`` names and its
+``pyproject.toml`` as it is, ``giot_server.app.stage_app``, as ``giot-server`` does) rather than
+built from the root: Flower's FAB builder walks the whole
 folder, ``.venv*`` included, before filtering (12 s here). The SuperLink refuses run-config keys
 that ``[tool.flwr.app.config]`` does not declare: that table is the one definition of the keys and
 their defaults, and ``fl_server.run_config.RunConfig`` must read it whole (checked below, without
@@ -18,15 +19,7 @@ processes).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,25 +32,15 @@ from fl_server.checkpoint import load_checkpoint, load_latest
 from fl_server.client_app import model_config
 from fl_server.run_config import RunConfig, defaults
 from giot_engine.model import GIoTModel
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent  # the server venv: flwr, flower-superlink, flower-supernode, ...
-RUN_CONFIG: dict[str, bool | int | float | str] = {
-    "num-server-rounds": 2,
-    "strategy": "gsfs",
-    "local-steps": 2,
-    "gsfs-max-steps": 2,
-    "windows-per-node": 16,
-    "batch-size": 8,
-    "n-embd": 16,
-    "round-timeout": 60.0,
-}
-
-
-def _toml(value: bool | int | float | str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value) if isinstance(value, str) else repr(value)
+from giot_server.procs import stop_by_env
+from tests.server.deployment import (
+    BIN,
+    ROOT,
+    RUN_CONFIG,
+    Federation,
+    stage_app,
+    toml_value,
+)
 
 
 def _app_table() -> dict[str, object]:
@@ -85,140 +68,6 @@ def test_run_config_converts_overrides_and_refuses_unknown_keys() -> None:
     assert cfg.with_overrides({"seed": 3}) == RunConfig.load({**cfg.as_run_config(), "seed": 3})
     with pytest.raises(KeyError, match="round-timout"):
         RunConfig.load({"round-timout": 60})
-
-
-def stage_app(dest: Path) -> Path:
-    """Copy the app's files the way ``flwr build`` picks them (see module docstring)."""
-    dest.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
-    patterns: list[str] = _app_table()["fab-include"]  # type: ignore[assignment]
-    for pattern in patterns:
-        for src in ROOT.glob(pattern):
-            if src.is_file() and "__pycache__" not in src.parts:
-                target = dest / src.relative_to(ROOT)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(src, target)
-    (dest / "giot_engine").symlink_to(Path("custom_components", "giot", "engine"))
-    return dest
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports the kernel hands out now (held together, so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _descendants(pid: int) -> list[int]:
-    """Children of ``pid``, recursively (Linux /proc; SuperExec starts its own sessions)."""
-    kids: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(stat.parent.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        found = kids.get(todo.pop(), [])
-        out += found
-        todo += found
-    return out
-
-
-def _kill(pid: int, sig: signal.Signals) -> None:
-    """Signal ``pid`` and the process group it leads (each daemon starts its own session)."""
-    if pid != os.getpgrp():  # never the test's own group
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _kill_by_home(home: Path) -> None:
-    """Stop every process started with ``FLWR_HOME=home`` (``flwr run`` on a local connection
-    leaves its own SuperLink running for the next run; this test's is the one with its home).
-    """
-    mark = f"FLWR_HOME={home}".encode()
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = []
-        for environ in Path("/proc").glob("[0-9]*/environ"):
-            with contextlib.suppress(OSError):
-                if mark in environ.read_bytes().split(b"\0"):
-                    pids.append(int(environ.parent.name))
-        pids = [p for p in pids if p != os.getpid()]
-        for pid in pids:
-            _kill(pid, sig)
-        if not pids:
-            return
-        time.sleep(1.0)
-
-
-class Federation:
-    """The SuperLink and SuperNode processes of one test, their logs, and their teardown."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.port, *self.node_ports = free_ports(3)
-        self.address = f"127.0.0.1:{self.port}"
-
-    def env(self, home: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the FAB, not ROOT
-        env |= {
-            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # SuperExec runs flwr-* by name
-            "FLWR_HOME": str(self.tmp / home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_TELEMETRY_ENABLED": "0",
-        }
-        return env
-
-    def start(self, name: str, *args: str) -> None:
-        with (self.tmp / f"{name}.log").open("wb") as log:
-            self.procs[name] = subprocess.Popen(
-                [str(BIN / args[0]), *args[1:]],
-                cwd=self.tmp,
-                env=self.env(f"home-{name}"),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # one process group per daemon, killed as a group
-            )
-
-    def log(self, name: str) -> str:
-        path = self.tmp / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def logs(self) -> str:
-        return "".join(f"\n===== {n} log =====\n{self.log(n)[-6000:]}" for n in self.procs)
-
-    def wait_nodes(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.log("superlink").count("Activated node_id") < n:
-            dead = [k for k, p in self.procs.items() if p.poll() is not None]
-            assert not dead, f"{dead} exited{self.logs()}"
-            assert time.monotonic() < deadline, f"{n} SuperNodes did not connect{self.logs()}"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        spawned = [q for p in self.procs.values() for q in _descendants(p.pid)]
-        for pid in [*(p.pid for p in self.procs.values()), *spawned]:
-            _kill(pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        alive = [p.pid for p in self.procs.values() if p.poll() is None]
-        for pid in alive + [q for q in spawned if Path(f"/proc/{q}").exists()]:
-            _kill(pid, signal.SIGKILL)
-        for proc in self.procs.values():
-            proc.wait(timeout=5)
 
 
 @pytest.fixture
@@ -260,7 +109,7 @@ def test_flwr_run_on_real_superlink_and_supernodes(
     ckpt_dir = tmp_path / "checkpoints"
     run_config = {**RUN_CONFIG, "checkpoint-dir": str(ckpt_dir)}
     cmd = [str(BIN / "flwr"), "run", str(app), "giot-test", "--stream"]
-    cmd += ["--run-config", " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())]
+    cmd += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
     try:
         run = subprocess.run(
             cmd,
@@ -310,7 +159,7 @@ def test_flwr_run_on_the_local_simulation_connection(
     ckpt_dir = tmp_path / "checkpoints"
     run_config = {**RUN_CONFIG, "num-server-rounds": 1, "checkpoint-dir": str(ckpt_dir)}
     cmd = [str(BIN / "flwr"), "run", str(app), "giot-sim", "--stream"]
-    cmd += ["--run-config", " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())]
+    cmd += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
     env = Federation(tmp_path).env("home")  # the venv's bin on PATH: flwr starts flower-superlink
     try:
         run = subprocess.run(
@@ -319,7 +168,7 @@ def test_flwr_run_on_the_local_simulation_connection(
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"flwr run did not finish in {err.timeout}s: {err.output!r}")
     finally:
-        _kill_by_home(home)
+        stop_by_env("FLWR_HOME", str(home))
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
     last = load_latest(ckpt_dir)

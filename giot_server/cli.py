@@ -1,0 +1,196 @@
+"""``giot-server``: GIoT's aggregation server in one command.
+
+    giot-server init [--san NAME_OR_IP ...] [--force]   CA + server certificate (TLS)
+    giot-server enrol PUBLIC_KEY [--name NAME]           let a home node (SuperNode key) join
+    giot-server revoke PUBLIC_KEY|FINGERPRINT            stop it joining (unregistered at once)
+    giot-server status                                   certificates, keys, the running server
+    giot-server [run] [--host H] [--port P] [--run-config 'k=v ...'] [--insecure]
+
+``run`` (the default) starts a Flower SuperLink with TLS and SuperNode authentication, runs the
+GSFS ServerApp through ``flwr run`` until its last round, keeps checkpoints, advertises itself with
+zeroconf (``_giot-server._tcp.local.``, when python-zeroconf is installed and the host is not
+loopback) and stops everything it started on SIGINT/SIGTERM. All state lives in ``--home``
+(default ``$GIOT_SERVER_HOME`` or ``~/.local/share/giot-server``).
+
+A home node joins with ``flower-supernode --superlink HOST:PORT --root-certificates ca.pem
+--auth-supernode-private-key KEY`` where KEY is an EC (NIST P-256/P-384) private key in OpenSSH
+format (``ssh-keygen -t ecdsa -b 384 -N '' -f KEY``) whose ``KEY.pub`` was enrolled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from giot_server import certs
+from giot_server.enrolment import Enrolment, InvalidKeyError, load_key_arg
+from giot_server.server import Home, Options, Server, ServerError, control_for, default_home
+
+log = logging.getLogger("giot_server")
+COMMANDS = ("run", "init", "enrol", "revoke", "status")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--home", type=Path, default=None, help="state directory (default: %(default)s)"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(
+        prog="giot-server", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run the server (default)")
+    run.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: LAN)")
+    run.add_argument("--port", type=int, default=8000, help="SuperLink port (Fleet+Control)")
+    run.add_argument(
+        "--insecure", action="store_true", help="no TLS, no node authentication (tests only)"
+    )
+    run.add_argument("--app", type=Path, default=None, help="the GIoT project folder")
+    run.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE ...'",
+        help="run-config overrides for flwr run (repeatable), e.g. 'num-server-rounds=10'",
+    )
+    run.add_argument("--no-advertise", action="store_true", help="no zeroconf advertisement")
+    run.add_argument("--ready-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
+
+    init = sub.add_parser("init", parents=[common], help="create the CA and server certificate")
+    init.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="NAME_OR_IP",
+        help="extra host name or IP the server is reached by (repeatable)",
+    )
+    init.add_argument("--force", action="store_true", help="replace existing certificates")
+
+    enrol = sub.add_parser("enrol", parents=[common], help="enrol a SuperNode public key")
+    enrol.add_argument("public_key", help="OpenSSH/PEM EC public key file (or its text)")
+    enrol.add_argument("--name", default=None, help="a note kept beside the key")
+
+    revoke = sub.add_parser("revoke", parents=[common], help="revoke a SuperNode public key")
+    revoke.add_argument("public_key", help="key file, key text, SHA256 fingerprint or id")
+
+    sub.add_parser("status", parents=[common], help="show the server's state")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``giot-server``."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if not args_in or (args_in[0] not in COMMANDS and args_in[0] not in {"-h", "--help"}):
+        args_in = ["run", *args_in]
+    args = _parser().parse_args(args_in)
+    home = Home((args.home or default_home()).expanduser().resolve())
+    _logging(home, args.verbose, to_file=args.cmd == "run")
+    try:
+        if args.cmd == "init":
+            return _init(home, args.san, args.force)
+        if args.cmd == "enrol":
+            return _enrol(home, args.public_key, args.name)
+        if args.cmd == "revoke":
+            return _revoke(home, args.public_key)
+        if args.cmd == "status":
+            return _status(home)
+        opts = Options(
+            home=home.root,
+            host=args.host,
+            port=args.port,
+            insecure=args.insecure,
+            app=args.app,
+            run_config=args.run_config,
+            advertise=not args.no_advertise,
+            ready_timeout=args.ready_timeout,
+        )
+        return Server(opts).run()
+    except ServerError as err:
+        log.error("%s", err)
+        return 2
+
+
+def _logging(home: Home, verbose: bool, to_file: bool) -> None:
+    fmt = logging.Formatter("%(asctime)s giot-server %(levelname)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if to_file:
+        home.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handlers.append(logging.FileHandler(home.logs / "giot-server.log", encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _init(home: Home, sans: list[str], force: bool) -> int:
+    home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        names = certs.create(home.root, sans, force=force)
+    except FileExistsError as err:
+        log.error("certificates exist (%s): give --force to replace them", err)
+        return 1
+    log.info("CA: %s (give it to every node as --root-certificates)", home.certs.ca_cert)
+    log.info("server certificate %s for %s", home.certs.server_cert, ", ".join(names))
+    if home.running() is not None:
+        log.warning("a server runs on this home: restart it to use the new certificate")
+    return 0
+
+
+def _sync_running(home: Home) -> None:
+    ctl = control_for(home)
+    if ctl is None:
+        log.info("no server running on %s: applied at its next start", home.root)
+        return
+    with ctl:
+        added, removed = ctl.sync(Enrolment(home.root).keys())
+    log.info("running server updated: %d registered, %d unregistered", len(added), len(removed))
+
+
+def _enrol(home: Home, arg: str, name: str | None) -> int:
+    try:
+        key = load_key_arg(arg)
+    except InvalidKeyError as err:
+        log.error("%s", err)
+        return 1
+    if Enrolment(home.root).add(key, name):
+        log.info("enrolled %s (id %s)", key.fingerprint, key.ident)
+    else:
+        log.info("already enrolled: %s (id %s)", key.fingerprint, key.ident)
+    _sync_running(home)
+    return 0
+
+
+def _revoke(home: Home, arg: str) -> int:
+    key = Enrolment(home.root).remove(arg)
+    if key is None:
+        log.error("no enrolled key matches %s", arg)
+        return 1
+    log.info("revoked %s (id %s)", key.fingerprint, key.ident)
+    _sync_running(home)
+    return 0
+
+
+def _status(home: Home) -> int:
+    state = home.running()
+    status: dict[str, object] = {
+        "home": str(home.root),
+        "certificates": home.certs.complete(),
+        "enrolled": {i: k.fingerprint for i, k in Enrolment(home.root).keys().items()},
+        "running": state,
+        "checkpoints": sorted(p.name for p in home.checkpoints.glob("round-*.npz")),
+    }
+    if home.certs.complete():
+        status["server-names"] = certs.server_names(home.certs.server_cert)
+    ctl = control_for(home)
+    if ctl is not None:
+        with ctl:
+            status["nodes"] = [
+                {"node-id": n.node_id, "status": n.status, "name": n.name} for n in ctl.nodes()
+            ]
+    print(json.dumps(status, indent=2))
+    return 0
