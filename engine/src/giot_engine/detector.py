@@ -801,7 +801,7 @@ class Detector:
         return len(held)
 
     def quarantine(self, device: str) -> dict[str, int | bool]:
-        """The device's quarantine in numbers: held now, turned away by the cap, dropped."""
+        """Count the device's quarantine: held now, turned away by the cap, dropped."""
         st = self.devices.get(device)
         if st is None:
             return {"held": 0, "episode": False, "over_cap": 0, "discarded": 0}
@@ -820,7 +820,7 @@ class Detector:
             self.on_learnt(device, h)
 
     def _learn(self, st: DeviceState, h: Held) -> None:
-        """What a device learns of a record: context, warm-up, calibration, shapes, habits."""
+        """Learn a record: context, warm-up, calibration, shapes, habits."""
         cfg = self.config
         ts = h.record.ts
         st.ids.extend(h.ids)
