@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 from unittest.mock import patch
 
-import numpy as np
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components import automation
