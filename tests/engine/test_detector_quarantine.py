@@ -53,7 +53,7 @@ def _warm_hub() -> tuple[InProcessDetector, float]:
 
 
 def test_attack_is_held_out_of_everything_the_device_learns() -> None:
-    """Burst, then more attack: nothing of it reaches context, cache, calibration, profile, windows."""
+    """Burst, then more attack: none of it reaches context, cache, calibration, profile, windows."""
     hub, t = _warm_hub()
     before = _learnt(hub.engine)
     verdicts = hub.observe_flows([("cam", f) for f in _attack(t)])
