@@ -346,6 +346,7 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
                 # Away mode expects nobody to operate anything by hand.
                 explanation = f"{explanation or 'operated'} by hand while the home is away"
             alert, severity = classify(verdict, AlertType.UNUSUAL_ACTIVITY, Severity.LOW)
+            state.raise_peak(verdict.score, now)
             state.alarm_until = now + ALARM_HOLD
             state.alert_type, state.severity, state.explanation = alert, severity, explanation
             if state.alarm(now):
@@ -406,7 +407,7 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
             windows = await self.runner.async_action(self.detector.mark_normal, key)
         self.training.add_feedback(key, windows)
         state = self.devices[key]
-        state.alarm_until = state.absence = None
+        state.alarm_until = state.absence = state.peak = None
         state.last_fired.clear()
         await self.async_notify()
         self.hub_store.async_schedule_save()

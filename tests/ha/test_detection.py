@@ -122,6 +122,56 @@ async def test_alarm_clears_after_hold(
     assert hass.states.get(ANOMALY).state == STATE_OFF
 
 
+async def test_score_and_anomaly_agree_at_every_update(
+    hass: HomeAssistant, coordinator: GIoTCoordinator, freezer: FrozenDateTimeFactory
+) -> None:
+    """Through an alarm and its end, the score sensor and the anomaly sensor never disagree.
+
+    One meaning: while the anomaly is on, the score shows the episode's peak (at or over the
+    bar the anomaly turned on from); while it is off, the latest record's score. The camera's
+    routine goes on during the scan, so the latest score is often normal while the alarm holds.
+    """
+    end = await _warm_up(hass, coordinator)
+    device = coordinator.devices[next(iter(coordinator.devices))]
+    bar = coordinator.threshold(is_event=False)
+    shown: list[float] = []  # what the score sensor showed during the episode
+
+    def _agree() -> bool:
+        anomaly = hass.states.get(ANOMALY).state
+        score = float(hass.states.get(SCORE).state)
+        if anomaly == STATE_ON:
+            assert score >= bar
+            assert not shown or score >= shown[-1]  # a peak only rises within an episode
+            shown.append(score)
+        else:
+            assert device.score is not None
+            assert score == pytest.approx(device.score, abs=0.01)  # the latest record's
+        return anomaly == STATE_ON
+
+    updates = [scan_flows(end + 10, 10), normal_flows(end + 12, 1)]
+    updates += [
+        scan_flows(end + 20 + 10 * k, 5) + normal_flows(end + 25 + 10 * k, 1) for k in range(3)
+    ]
+    updates += [normal_flows(end + 60 + 30 * k, 1) for k in range(3)]
+    on = []
+    for flows in updates:
+        coordinator.ingest.async_add_flows(flows)
+        await hass.async_block_till_done()
+        on.append(_agree())
+    assert all(on)  # the scan alarmed and the hold kept the alarm on
+    assert device.score is not None
+    assert device.score < 0  # the routine scored normal meanwhile
+    assert min(shown) >= 0
+
+    freezer.tick(ALARM_HOLD + timedelta(minutes=1))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 300, 10))
+    await hass.async_block_till_done()
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert not _agree()
+    assert float(hass.states.get(SCORE).state) < 0
+
+
 async def test_network_only_device(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:
     """Without a MAC HA knows, the camera's address is a network-only device on the hub."""
     coordinator.ingest.async_add_flows(normal_flows(time.time(), 5, mac=None))
