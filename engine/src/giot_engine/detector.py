@@ -40,7 +40,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -58,6 +58,7 @@ from .tokenizer import (
     event_tokens,
     flow_tokens,
     state_class,
+    utc_offset,
 )
 
 STATE_VERSION = 1
@@ -122,7 +123,10 @@ class DetectorConfig:
     # and an untrained signature head leave the single-record rule to surprise alone.
     alone_attack_probability: float = 0.5
     signature_in_warmup: bool = False  # known families may alarm before surprise is calibrated
-    utc_offset_s: int = 0
+    utc_offset_s: int = 0  # local time's fixed offset, where no ``time_zone`` is given
+    # the home's time zone (IANA name, e.g. "Europe/Berlin"): hour/weekday tokens and hour habits
+    # follow its local time, DST included (``tokenizer.utc_offset``); None: ``utc_offset_s``
+    time_zone: str | None = None
     # records that started before the window cannot switch a device on; while it is on, they
     # carry its alarm only when the signature stage calls them an attack or they reach
     # ``high_score`` (a long C&C connection ending mid-incident is part of it; a long NTP
@@ -401,6 +405,19 @@ class Detector:
             self.devices[device] = st
         return st
 
+    def set_time_zone(self, time_zone: str | None) -> None:
+        """Follow the home's time zone from now on (an IANA name; None: ``utc_offset_s``).
+
+        Raises ``ZoneInfoNotFoundError`` (a ``KeyError``) for a name the system does not know.
+        """
+        if time_zone is not None:
+            utc_offset(0.0, time_zone)  # unknown names fail here, not on the next record
+        self.config = replace(self.config, time_zone=time_zone)
+
+    def local_offset(self, ts: float) -> int:
+        """Seconds the home's local time is ahead of UTC at ``ts`` (DST included)."""
+        return utc_offset(ts, self.config.time_zone, self.config.utc_offset_s)
+
     def _ctx_len(self) -> int:
         # whole flows only, as in training windows: [BOS] + k flows + the scored flow
         return max(0, (self.config.context_tokens - 1 - FLOW_TOKENS) // FLOW_TOKENS * FLOW_TOKENS)
@@ -525,7 +542,7 @@ class Detector:
         device = device_of(flow)
         st = self._state(device)
         peer = flow.resp_h if device == flow.orig_h else flow.orig_h
-        ctx = TokenContext(st.prev_ts, self._recent(st, flow.ts), self.config.utc_offset_s)
+        ctx = TokenContext(st.prev_ts, self._recent(st, flow.ts), self.local_offset(flow.ts))
         toks = flow_tokens(flow, ctx, device)
         p = _Pending(
             device, st, flow.ts, max(st.window.now, flow.ts), toks, self.vocab.encode(toks)
@@ -541,7 +558,7 @@ class Detector:
         device = event.device_id or event.entity_id
         st = self._state(device)
         recent = sum(1 for t in st.event_times if t >= event.ts - 60.0)
-        toks = event_tokens(event, TokenContext(st.prev_ts, recent, self.config.utc_offset_s))
+        toks = event_tokens(event, TokenContext(st.prev_ts, recent, self.local_offset(event.ts)))
         now = max(st.window.now, event.ts)
         p = _Pending(device, st, event.ts, now, toks, self.vocab.encode(toks))
         p.event, p.recent = event, recent
@@ -605,7 +622,7 @@ class Detector:
         limit = max(cfg.burst_min, cfg.burst_factor * st.busiest)
         if in_minute > limit:
             return math.log(in_minute / limit) + 1.0, wording.burst_reason(in_minute)
-        h = _hour(ts, cfg.utc_offset_s)
+        h = _hour(ts, self.local_offset(ts))
         near = st.hours[h] + st.hours[(h - 1) % 24] + st.hours[(h + 1) % 24]
         if sum(st.hours) >= cfg.habit_min_events and near == 0:
             return cfg.high_score, wording.odd_hour_reason(h)
@@ -845,7 +862,7 @@ class Detector:
             # gets learnt over time, a burst that ramps up does not raise its own limit
             if h.busy > st.busiest and ts - st.busiest_ts >= 60.0:
                 st.busiest, st.busiest_ts = st.busiest + 1, ts
-            st.hours[_hour(ts, cfg.utc_offset_s)] += 1.0
+            st.hours[_hour(ts, self.local_offset(ts))] += 1.0
 
     def _cached(self, st: DeviceState, keys: list[tuple[str, str]], nll: np.ndarray) -> np.ndarray:
         """Mix the model with the device's own token counts (a per-device cache model).

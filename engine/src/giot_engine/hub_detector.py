@@ -173,6 +173,12 @@ class HubDetector(Protocol):
     def describe(self, device: str) -> Description:
         """Describe what the device normally does."""
 
+    def set_time_zone(self, time_zone: str | None) -> None:
+        """Follow the home's time zone (an IANA name, DST included) from the next record on."""
+
+    def time_zone(self) -> str | None:
+        """Return the time zone the detector follows now."""
+
     def mark_normal(self, device: str) -> np.ndarray:
         """Learn the device's recent alarming pattern as normal; return its windows (N, T)."""
 
@@ -318,7 +324,7 @@ class InProcessDetector:
         if isinstance(record, FlowRecord):
             behaviour = self._behaviours.setdefault(key, Behaviour())
             previous = self._learnt_ts.get(engine_key)
-            behaviour.add(record, previous, self.engine.config.utc_offset_s)
+            behaviour.add(record, previous, self.engine.local_offset(record.ts))
             self._learnt_ts[engine_key] = (
                 record.ts if previous is None else max(previous, record.ts)
             )
@@ -474,6 +480,20 @@ class InProcessDetector:
             self._described,
         ):
             table.pop(key, None)
+
+    def set_time_zone(self, time_zone: str | None) -> None:
+        """Hour and weekday tokens, hour habits and active hours in this zone's local time.
+
+        An unknown name is logged and leaves the time zone as it was.
+        """
+        try:
+            self.engine.set_time_zone(time_zone)
+        except (KeyError, ValueError) as err:
+            LOGGER.warning("GIoT keeps its time zone; %r is unknown: %s", time_zone, err)
+
+    def time_zone(self) -> str | None:
+        """Return the time zone the engine follows now (None: UTC or its fixed offset)."""
+        return self.engine.config.time_zone
 
     def drain_windows(self) -> WindowBatch:
         """Hand the new windows over."""
