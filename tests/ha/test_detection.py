@@ -10,11 +10,12 @@ from unittest.mock import patch
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components import automation
-from homeassistant.const import STATE_OFF, STATE_ON
-from homeassistant.core import Context, HomeAssistant
+from homeassistant.const import STATE_OFF, STATE_ON, STATE_UNAVAILABLE
+from homeassistant.core import Context, Event, EventStateChangedData, HomeAssistant, callback
 from homeassistant.helpers import area_registry as ar
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import label_registry as lr
+from homeassistant.helpers.event import async_track_state_change_event
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
@@ -135,6 +136,26 @@ async def test_score_and_anomaly_agree_at_every_update(
     device = coordinator.devices[next(iter(coordinator.devices))]
     bar = coordinator.threshold(is_event=False)
     shown: list[float] = []  # what the score sensor showed during the episode
+    written: list[tuple[str, float]] = []  # both entities' states after every write of either
+    failures: list[str] = []
+
+    @callback
+    def _after_write(_event: Event[EventStateChangedData]) -> None:
+        # Both entities write on one signal; the pair is looked at once the signal is through.
+        def _pair() -> None:
+            anomaly, score_state = hass.states.get(ANOMALY), hass.states.get(SCORE)
+            if not unsub or anomaly is None or score_state is None:
+                return  # the test is over
+            if STATE_UNAVAILABLE in (anomaly.state, score_state.state):
+                return  # the entry unloads
+            score = float(score_state.state)
+            written.append((anomaly.state, score))
+            if anomaly.state == STATE_ON and score < bar:
+                failures.append(f"anomaly on with score {score}")
+
+        hass.loop.call_soon(_pair)
+
+    unsub = [async_track_state_change_event(hass, [ANOMALY, SCORE], _after_write)]
 
     def _agree() -> bool:
         anomaly = hass.states.get(ANOMALY).state
@@ -170,6 +191,10 @@ async def test_score_and_anomaly_agree_at_every_update(
     await hass.async_block_till_done(wait_background_tasks=True)
     assert not _agree()
     assert float(hass.states.get(SCORE).state) < 0
+    unsub.pop()()
+    assert not failures
+    assert len(written) >= len(updates)  # every update was looked at
+    assert (STATE_ON, max(shown)) in written
 
 
 async def test_network_only_device(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:
