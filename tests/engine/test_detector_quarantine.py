@@ -166,3 +166,24 @@ def test_quarantine_is_capped_and_counts_what_it_turned_away() -> None:
     for f in _attack(1_700_000_000.0 + 30 * 80 + 5):
         det.process(f)
     assert det.quarantine(DEV) == {"held": 16, "episode": True, "over_cap": 224, "discarded": 0}
+
+
+def test_batches_hold_and_learn_as_one_record_at_a_time() -> None:
+    """Where the quarantine moves a device's context mid-batch, the batch still agrees."""
+    scorer = InProcessDetector().models.scorer
+    t = 1_700_000_000.0 + 30 * 80 + 5
+    odd = FlowRecord(t - 2, DEV, 50001, "45.1.2.3", 23, "tcp", conn_state="S0")
+    records = [*benign(80), odd, *_attack(t), *benign(20, t + 400)]
+    config = DetectorConfig(carry_tokens=14)
+    one = Detector(scorer, config=config)
+    want = [one.process(r) for r in records]
+    many = Detector(scorer, config=config)
+    got = []
+    for lo in range(0, len(records), 37):
+        got += many.process_many(records[lo : lo + 37])
+    assert [v.held for v in got] == [v.held for v in want]
+    assert sum(v.held for v in got) > 240
+    np.testing.assert_allclose([v.score for v in got], [v.score for v in want], atol=1e-3)
+    assert json.dumps(many.state_dict(), sort_keys=True) == json.dumps(
+        one.state_dict(), sort_keys=True
+    )
