@@ -74,6 +74,7 @@ class AbsenceWatch:
                 state.absence = None
                 continue
             alert, severity = classify(verdict, AlertType.DEVICE_SILENT, Severity.MEDIUM)
+            state.raise_peak(verdict.score, now)
             state.score = verdict.score
             state.alert_type, state.severity = alert, severity
             state.explanation = verdict.explanation

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from homeassistant.config_entries import ConfigEntry
-from homeassistant.const import EVENT_HOMEASSISTANT_STOP
+from homeassistant.const import EVENT_CORE_CONFIG_UPDATE, EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.event import async_track_time_interval
@@ -219,6 +219,7 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
             if self.windows.windows(key).shape[1] != N_POSITIONS:  # older tokenizer or model
                 self.windows.remove_device(key)
         await self.runner.async_load()
+        await self._async_follow_time_zone()
         self.hub.model_version = self.detector.model_version
         self.devices.resolve()
         await self.devices.async_forget_unwatched()
@@ -240,12 +241,25 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
                 self.hass, self.absence.async_check, ABSENCE_INTERVAL, cancel_on_shutdown=True
             ),
             self.training.async_start_schedule(),
+            self.hass.bus.async_listen(EVENT_CORE_CONFIG_UPDATE, self._async_core_config_updated),
         ]
         # Entries are not unloaded when Home Assistant stops: save then too.
         self._unsub_stop = self.hass.bus.async_listen_once(
             EVENT_HOMEASSISTANT_STOP, self._async_on_stop
         )
         await self._async_housekeeping(dt_util.utcnow())
+
+    async def _async_follow_time_zone(self) -> None:
+        """Tell the detector Home Assistant's time zone: hour and weekday tokens are local."""
+        time_zone = self.hass.config.time_zone
+        try:
+            await self.runner.async_call(self.detector.set_time_zone, time_zone)
+        except DetectorError as err:  # its next process is told when it starts
+            LOGGER.debug("The detector's time zone was not set to %s now: %s", time_zone, err)
+
+    async def _async_core_config_updated(self, _event: Event) -> None:
+        """Home Assistant's configuration changed: the time zone may have."""
+        await self._async_follow_time_zone()
 
     async def _async_on_stop(self, _event: Event) -> None:
         self._unsub_stop = None  # a fired listen_once is gone already
@@ -347,6 +361,7 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
                 # Away mode expects nobody to operate anything by hand.
                 explanation = wording.operated_while_away(explanation)
             alert, severity = classify(verdict, AlertType.UNUSUAL_ACTIVITY, Severity.LOW)
+            state.raise_peak(verdict.score, now)
             state.alarm_until = now + ALARM_HOLD
             state.alert_type, state.severity, state.explanation = alert, severity, explanation
             if state.alarm(now):
@@ -407,7 +422,7 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
             windows = await self.runner.async_action(self.detector.mark_normal, key)
         self.training.add_feedback(key, windows)
         state = self.devices[key]
-        state.alarm_until = state.absence = None
+        state.alarm_until = state.absence = state.peak = None
         state.last_fired.clear()
         await self.async_notify()
         self.hub_store.async_schedule_save()

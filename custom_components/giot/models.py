@@ -39,6 +39,11 @@ class WatchedDevice:
     that our entities link through (helper style: we never claim the device itself).
     ``dynamic`` marks a registry device watched because flows were attributed to it, not
     because an option chose it. ``absence`` is the silent / stuck alarm while it lasts.
+
+    ``score`` is the latest record's score, ``peak`` the highest score of the alarm episode
+    (every alarming verdict raises it; the first of an episode sets it). The score sensor shows
+    ``shown_score``: the episode's peak while the device is in alarm, the latest score
+    otherwise, so the score sensor and the anomaly sensor never contradict each other.
     """
 
     key: str
@@ -59,6 +64,22 @@ class WatchedDevice:
     absence: AlertType | None = None
     absence_announced: bool = False
     dynamic: bool = False
+    peak: float | None = None
+
+    def raise_peak(self, score: float, now: datetime) -> None:
+        """Count an alarming verdict's score into the episode's peak (before it holds the alarm).
+
+        A verdict after the episode ended (hold over, no absence) starts a new one; a snooze
+        does not end an episode, it only keeps it quiet.
+        """
+        ongoing = self.absence is not None or (
+            self.alarm_until is not None and now < self.alarm_until
+        )
+        self.peak = score if not ongoing or self.peak is None else max(self.peak, score)
+
+    def shown_score(self, now: datetime) -> float | None:
+        """Give the score sensor's value: the episode's peak while in alarm, else the latest."""
+        return self.peak if self.alarm(now) and self.peak is not None else self.score
 
     def alarm(self, now: datetime) -> bool:
         """Whether the device is in alarm now (a snooze keeps it quiet).

@@ -14,6 +14,7 @@ from homeassistant.components.sensor import (
 from homeassistant.const import EntityCategory
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+from homeassistant.util import dt as dt_util
 
 from .const import FederationStatus
 from .coordinator import GIoTConfigEntry, GIoTCoordinator
@@ -57,7 +58,8 @@ DEVICE_SENSORS = (
         translation_key="anomaly_score",
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=2,
-        value_fn=lambda device: device.score,
+        # while the anomaly sensor is on, the alarm episode's peak; else the latest record's
+        value_fn=lambda device: device.shown_score(dt_util.utcnow()),
     ),
     GIoTDeviceSensorEntityDescription(
         key="behaviour",
@@ -142,7 +144,7 @@ class GIoTHubSensor(GIoTHubEntity, SensorEntity):
 
 
 class GIoTDeviceSensor(GIoTDeviceEntity, SensorEntity):
-    """A per-device sensor: the last score, or the short behaviour description."""
+    """A per-device sensor: the score (``WatchedDevice.shown_score``), or the behaviour."""
 
     entity_description: GIoTDeviceSensorEntityDescription
 

@@ -88,12 +88,13 @@ def async_setup_services(hass: HomeAssistant) -> None:
         key = _device_key(hass, coordinator, call)
         description = await coordinator.async_describe(key)
         state = coordinator.devices[key]
+        now = dt_util.utcnow()
         return {
             "device": state.name,
             "summary": description.short,
             "description": description.full,
-            "score": state.score,
-            "alarm": state.alarm(dt_util.utcnow()),
+            "score": state.shown_score(now),  # what the score sensor shows: agrees with alarm
+            "alarm": state.alarm(now),
             "explanation": state.explanation,
             "profile": description.profile,
         }

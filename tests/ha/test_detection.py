@@ -7,15 +7,15 @@ from datetime import timedelta
 from typing import Any
 from unittest.mock import patch
 
-import numpy as np
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components import automation
-from homeassistant.const import STATE_OFF, STATE_ON
-from homeassistant.core import Context, HomeAssistant
+from homeassistant.const import STATE_OFF, STATE_ON, STATE_UNAVAILABLE
+from homeassistant.core import Context, Event, EventStateChangedData, HomeAssistant, callback
 from homeassistant.helpers import area_registry as ar
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import label_registry as lr
+from homeassistant.helpers.event import async_track_state_change_event
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
@@ -123,6 +123,80 @@ async def test_alarm_clears_after_hold(
     assert hass.states.get(ANOMALY).state == STATE_OFF
 
 
+async def test_score_and_anomaly_agree_at_every_update(
+    hass: HomeAssistant, coordinator: GIoTCoordinator, freezer: FrozenDateTimeFactory
+) -> None:
+    """Through an alarm and its end, the score sensor and the anomaly sensor never disagree.
+
+    One meaning: while the anomaly is on, the score shows the episode's peak (at or over the
+    bar the anomaly turned on from); while it is off, the latest record's score. The camera's
+    routine goes on during the scan, so the latest score is often normal while the alarm holds.
+    """
+    end = await _warm_up(hass, coordinator)
+    device = coordinator.devices[next(iter(coordinator.devices))]
+    bar = coordinator.threshold(is_event=False)
+    shown: list[float] = []  # what the score sensor showed during the episode
+    written: list[tuple[str, float]] = []  # both entities' states after every write of either
+    failures: list[str] = []
+
+    @callback
+    def _after_write(_event: Event[EventStateChangedData]) -> None:
+        # Both entities write on one signal; the pair is looked at once the signal is through.
+        def _pair() -> None:
+            anomaly, score_state = hass.states.get(ANOMALY), hass.states.get(SCORE)
+            if not unsub or anomaly is None or score_state is None:
+                return  # the test is over
+            if STATE_UNAVAILABLE in (anomaly.state, score_state.state):
+                return  # the entry unloads
+            score = float(score_state.state)
+            written.append((anomaly.state, score))
+            if anomaly.state == STATE_ON and score < bar:
+                failures.append(f"anomaly on with score {score}")
+
+        hass.loop.call_soon(_pair)
+
+    unsub = [async_track_state_change_event(hass, [ANOMALY, SCORE], _after_write)]
+
+    def _agree() -> bool:
+        anomaly = hass.states.get(ANOMALY).state
+        score = float(hass.states.get(SCORE).state)
+        if anomaly == STATE_ON:
+            assert score >= bar
+            assert not shown or score >= shown[-1]  # a peak only rises within an episode
+            shown.append(score)
+        else:
+            assert device.score is not None
+            assert score == pytest.approx(device.score, abs=0.01)  # the latest record's
+        return anomaly == STATE_ON
+
+    updates = [scan_flows(end + 10, 10), normal_flows(end + 12, 1)]
+    updates += [
+        scan_flows(end + 20 + 10 * k, 5) + normal_flows(end + 25 + 10 * k, 1) for k in range(3)
+    ]
+    updates += [normal_flows(end + 60 + 30 * k, 1) for k in range(3)]
+    on = []
+    for flows in updates:
+        coordinator.ingest.async_add_flows(flows)
+        await hass.async_block_till_done()
+        on.append(_agree())
+    assert all(on)  # the scan alarmed and the hold kept the alarm on
+    assert device.score is not None
+    assert device.score < 0  # the routine scored normal meanwhile
+    assert min(shown) >= 0
+
+    freezer.tick(ALARM_HOLD + timedelta(minutes=1))
+    coordinator.ingest.async_add_flows(normal_flows(time.time() - 300, 10))
+    await hass.async_block_till_done()
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert not _agree()
+    assert float(hass.states.get(SCORE).state) < 0
+    unsub.pop()()
+    assert not failures
+    assert len(written) >= len(updates)  # every update was looked at
+    assert (STATE_ON, max(shown)) in written
+
+
 async def test_network_only_device(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:
     """Without a MAC HA knows, the camera's address is a network-only device on the hub."""
     coordinator.ingest.async_add_flows(normal_flows(time.time(), 5, mac=None))
@@ -218,7 +292,12 @@ async def test_mark_normal_clears_alarm(hass: HomeAssistant, coordinator: GIoTCo
 
 
 def test_mark_normal_lowers_later_scores_of_that_kind() -> None:
-    """Two detectors see the same stream; the one told "normal" scores that kind 8 nats lower."""
+    """Two detectors see the same stream; the one told "normal" scores that kind lower.
+
+    At least by the feedback's 8 nats; more, because marking normal releases the alarm's records
+    from the engine's quarantine into learning, where the other detector dropped them unlearnt
+    when its episode ended.
+    """
     plain, taught = InProcessDetector(), InProcessDetector()
     start = 1_700_000_000.0
     warm = [("cam", f) for f in normal_flows(start)]
@@ -232,9 +311,8 @@ def test_mark_normal_lowers_later_scores_of_that_kind() -> None:
     later_plain = plain.observe_flows(again)
     later_taught = taught.observe_flows(again)
     diffs = [p.score - t.score for p, t in zip(later_plain, later_taught, strict=True)]
-    assert np.allclose([d for d in diffs if d], InProcessDetector.FEEDBACK_NATS, atol=1e-3)
-    assert any(diffs)
-    assert sum(v.alarm for v in later_taught) <= sum(v.alarm for v in later_plain)
+    assert all(d >= InProcessDetector.FEEDBACK_NATS - 1e-3 for d in diffs)
+    assert sum(v.alarm for v in later_taught) < sum(v.alarm for v in later_plain)
 
 
 async def test_device_events_are_scored(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:

@@ -16,6 +16,22 @@ been quiet for ``off_s`` seconds, and while on, only records that are themselves
 threshold carry the alarm (a record that started before the window only as a known family). Every
 decision uses the training artefacts and earlier records only, so replaying a stream gives the
 verdicts a hub would have shown.
+
+Quarantine (one rule, here): a record is *held* instead of learnt when it is hot or its device is
+on. Held records wait in the device's quarantine (``DeviceState.held``, at most ``held_max``; the
+rest are counted in ``held_over`` and never learnt) and touch nothing a device learns: its model
+context (``ids``, and the KV-cached window: while a device is on, each of its records is scored
+against the context it had before the episode), its shape cache, its calibration, its warm-up
+count and its hours and pace; a host learns nothing of them either (``Verdict.held``: no profile,
+no description, no training window). They leave the quarantine one of three ways:
+- the device did not switch on within ``window_s`` of a hot record: nothing came of it, and the
+  record is learnt as any hot record is (slowly: ``hot_weight``), a minute late;
+- the episode ends (the device switches off after ``off_s`` quiet) with nobody marking it normal:
+  its records are dropped (counted in ``held_discarded``), so an attack never becomes habit;
+  the records after it learn again;
+- ``release`` (a user marked the alarm normal): they are learnt now, in order, and the episode
+  ends. ``on_learnt`` tells a host of every record learnt late, so it learns it too.
+The quarantine is part of the device's state (``state_dict``), so it survives a restart.
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -42,6 +58,7 @@ from .tokenizer import (
     event_tokens,
     flow_tokens,
     state_class,
+    utc_offset,
 )
 
 STATE_VERSION = 1
@@ -106,7 +123,10 @@ class DetectorConfig:
     # and an untrained signature head leave the single-record rule to surprise alone.
     alone_attack_probability: float = 0.5
     signature_in_warmup: bool = False  # known families may alarm before surprise is calibrated
-    utc_offset_s: int = 0
+    utc_offset_s: int = 0  # local time's fixed offset, where no ``time_zone`` is given
+    # the home's time zone (IANA name, e.g. "Europe/Berlin"): hour/weekday tokens and hour habits
+    # follow its local time, DST included (``tokenizer.utc_offset``); None: ``utc_offset_s``
+    time_zone: str | None = None
     # records that started before the window cannot switch a device on; while it is on, they
     # carry its alarm only when the signature stage calls them an attack or they reach
     # ``high_score`` (a long C&C connection ending mid-incident is part of it; a long NTP
@@ -131,6 +151,7 @@ class DetectorConfig:
     # to ``context_tokens``; ``context_tokens - 1 - FLOW_TOKENS`` is a sliding window (slower)
     carry_tokens: int = 14
     cached_devices: int = 128  # KV-cached windows kept (64 KiB each for the default model)
+    held_max: int = 256  # records a device's quarantine keeps (the rest are counted, never learnt)
 
 
 @dataclass(slots=True)
@@ -163,6 +184,51 @@ class Verdict:
     attack_probability: float = 0.0  # signature head alone
     warmed: bool = False  # the device had finished warm-up before this record
     ids: list[int] = field(default_factory=list)  # the record's token ids, as scored
+    held: bool = False  # quarantined: not learnt (see the module's quarantine rule)
+
+
+@dataclass(slots=True)
+class Held:
+    """A quarantined record and what learning it later needs (see the quarantine rule)."""
+
+    at: float  # the device's time when it was held
+    record: FlowRecord | DeviceEvent
+    ids: list[int]
+    toks: list[str]
+    raw: float  # its surprise, for calibration
+    hot: bool
+    busy: int = 0  # events: its minute's count, when it may raise the busiest minute (else 0)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON form."""
+        record = {f.name: getattr(self.record, f.name) for f in fields(self.record)}
+        return {
+            "at": self.at,
+            "kind": "flow" if isinstance(self.record, FlowRecord) else "event",
+            "record": record,
+            "ids": list(self.ids),
+            "toks": list(self.toks),
+            "raw": round(self.raw, 3),  # a thousandth of a nat: batches' float noise left out
+            "hot": self.hot,
+            "busy": self.busy,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> Held:
+        """Inverse of ``to_dict``."""
+        kind = FlowRecord if d.get("kind") == "flow" else DeviceEvent
+        names = {f.name for f in fields(kind)}
+        saved = dict(d["record"])  # type: ignore[call-overload]
+        record = kind(**{k: v for k, v in saved.items() if k in names})
+        return cls(
+            at=float(str(d["at"])),
+            record=record,
+            ids=[int(x) for x in d["ids"]],  # type: ignore[attr-defined]
+            toks=[str(x) for x in d["toks"]],  # type: ignore[attr-defined]
+            raw=float(str(d["raw"])),
+            hot=bool(d["hot"]),
+            busy=int(str(d.get("busy", 0))),
+        )
 
 
 @dataclass(slots=True)
@@ -194,6 +260,12 @@ class DeviceState:
     busiest: int = 0  # most events in 60 s so far (learnt slowly)
     busiest_ts: float = float("-inf")  # when it last grew
     ranked: list[float] = field(default_factory=list)  # ``calib`` sorted (derived, not saved)
+    # quarantine (see the module's rule): held records, oldest first; whether they belong to an
+    # episode (the device switched on); how many the cap turned away and episodes dropped
+    held: deque[Held] = field(default_factory=deque)
+    episode: bool = False
+    held_over: int = 0
+    held_discarded: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON form."""
@@ -220,6 +292,10 @@ class DeviceState:
             "hours": list(self.hours),
             "busiest": self.busiest,
             "busiest_ts": None if self.busiest_ts == float("-inf") else self.busiest_ts,
+            "held": [h.to_dict() for h in self.held],
+            "episode": self.episode,
+            "held_over": self.held_over,
+            "held_discarded": self.held_discarded,
         }
 
     @classmethod
@@ -257,6 +333,10 @@ class DeviceState:
             busiest=int(str(g("busiest", 0))),
             busiest_ts=float("-inf") if busiest_ts is None else float(str(busiest_ts)),
             ranked=sorted(float(x) for x in g("calib", [])),  # type: ignore[attr-defined]
+            held=deque(Held.from_dict(h) for h in g("held", [])),  # type: ignore[attr-defined]
+            episode=bool(g("episode", False)),
+            held_over=int(str(g("held_over", 0))),
+            held_discarded=int(str(g("held_discarded", 0))),
         )
 
 
@@ -277,6 +357,9 @@ class _Pending:
     like: int = 0  # flows of the last minute to the same port, this one included (its words)
     event: DeviceEvent | None = None
     recent: int = 0  # the device's events of the last minute before this one
+    raw: float = 0.0  # the decision's surprise in nats (what calibration learns)
+    hot: bool = False
+    busy: int = 0  # events: the minute's count, when it may raise the device's busiest minute
 
 
 class Detector:
@@ -293,6 +376,11 @@ class Detector:
         self.config = config or DetectorConfig()
         self.vocab = vocab or Vocabulary.default()
         self.devices: dict[str, DeviceState] = {}
+        # told of every record learnt after it was held (released from the quarantine), so a
+        # host learns it then too (its profile, its training windows)
+        self.on_learnt: Callable[[str, Held], object] | None = None
+        self._frozen: set[str] = set()  # devices scored against frozen windows this round
+        self._moved: set[str] = set()  # devices whose context a decision moved (``_round``)
         cfg = self.config
         self.contexts = ContextScorer(
             model, cfg.context_tokens, self._ctx_len(), cfg.carry_tokens, cfg.cached_devices
@@ -316,6 +404,19 @@ class Detector:
             )
             self.devices[device] = st
         return st
+
+    def set_time_zone(self, time_zone: str | None) -> None:
+        """Follow the home's time zone from now on (an IANA name; None: ``utc_offset_s``).
+
+        Raises ``ZoneInfoNotFoundError`` (a ``KeyError``) for a name the system does not know.
+        """
+        if time_zone is not None:
+            utc_offset(0.0, time_zone)  # unknown names fail here, not on the next record
+        self.config = replace(self.config, time_zone=time_zone)
+
+    def local_offset(self, ts: float) -> int:
+        """Seconds the home's local time is ahead of UTC at ``ts`` (DST included)."""
+        return utc_offset(ts, self.config.time_zone, self.config.utc_offset_s)
 
     def _ctx_len(self) -> int:
         # whole flows only, as in training windows: [BOS] + k flows + the scored flow
@@ -380,20 +481,68 @@ class Detector:
             probs = self.signature.predict(np.stack([p.feats for p in flows]))  # type: ignore[misc]
             for p, row in zip(flows, probs, strict=True):
                 p.probs = row
-        nlls = self.contexts.score([(p.device, p.st.ids, p.ids) for p in pending], between)
-        verdicts = []
-        for p, nll in zip(pending, nlls, strict=True):
-            verdicts.append(self._conclude(p, nll))
+        verdicts: list[Verdict | None] = [None] * len(pending)
+        todo = list(range(len(pending)))
+        while todo:  # more than one round only where the quarantine moved a device's context
+            todo = self._round(pending, todo, verdicts, between)
+        return [v for v in verdicts if v is not None]
+
+    def _round(
+        self,
+        pending: Sequence[_Pending],
+        todo: list[int],
+        verdicts: list[Verdict | None],
+        between: Callable[[], object] | None,
+    ) -> list[int]:
+        """Score and decide ``todo`` in order; return those to score again.
+
+        A device in an episode is scored against the context it had before it (``ids``, which
+        held records never join): each of its records in a window of its own. Where a decision
+        moves a device's context away from the window its later records were scored in (a
+        record held from a live window, one learnt late, one learnt beside frozen windows),
+        those later records are scored again, so a batch gives the verdicts of one at a time.
+        """
+        self._frozen = {
+            pending[i].device for i in todo if pending[i].st.on or pending[i].st.episode
+        }
+        requests = [
+            (
+                f"{pending[i].device}\x00{i}"
+                if pending[i].device in self._frozen
+                else pending[i].device,
+                pending[i].st.ids,
+                pending[i].ids,
+            )
+            for i in todo
+        ]
+        nlls = self.contexts.score(requests, between)
+        for name, _, _ in requests:
+            if "\x00" in name:
+                self.contexts.forget(name)
+        again: list[int] = []
+        stopped: set[str] = set()
+        self._moved.clear()
+        for i, nll in zip(todo, nlls, strict=True):
+            p = pending[i]
+            if p.device in stopped:
+                again.append(i)
+                continue
+            verdicts[i] = self._conclude(p, nll)
+            if p.device in self._moved:
+                self._moved.discard(p.device)
+                self.contexts.forget(p.device)
+                stopped.add(p.device)
             if between is not None:
                 between()
-        return verdicts
+        self._frozen = set()
+        return again
 
     def _prepare(self, flow: FlowRecord) -> _Pending:
         """Tokens and features of a flow from its device's earlier flows; remember it for later."""
         device = device_of(flow)
         st = self._state(device)
         peer = flow.resp_h if device == flow.orig_h else flow.orig_h
-        ctx = TokenContext(st.prev_ts, self._recent(st, flow.ts), self.config.utc_offset_s)
+        ctx = TokenContext(st.prev_ts, self._recent(st, flow.ts), self.local_offset(flow.ts))
         toks = flow_tokens(flow, ctx, device)
         p = _Pending(
             device, st, flow.ts, max(st.window.now, flow.ts), toks, self.vocab.encode(toks)
@@ -409,7 +558,7 @@ class Detector:
         device = event.device_id or event.entity_id
         st = self._state(device)
         recent = sum(1 for t in st.event_times if t >= event.ts - 60.0)
-        toks = event_tokens(event, TokenContext(st.prev_ts, recent, self.config.utc_offset_s))
+        toks = event_tokens(event, TokenContext(st.prev_ts, recent, self.local_offset(event.ts)))
         now = max(st.window.now, event.ts)
         p = _Pending(device, st, event.ts, now, toks, self.vocab.encode(toks))
         p.event, p.recent = event, recent
@@ -434,6 +583,7 @@ class Detector:
                     tokens=verdict.explanation.tokens,
                     expected=verdict.explanation.expected,
                 )
+            self._admit(p, verdict)
             return verdict
         event = p.event
         assert event is not None
@@ -443,12 +593,9 @@ class Detector:
         verdict = self._decide(p, nll, probs, habit)
         if verdict.alarm and verdict.explanation is not None:
             verdict.explanation.text = wording.event_alarm(event, why, verdict.explanation.tokens)
-        # the busiest minute is learnt one event per minute at most: a real change of pace
-        # gets learnt over time, a burst that ramps up does not raise its own limit
-        if habit <= 0 and p.recent + 1 > st.busiest and event.ts - st.busiest_ts >= 60.0:
-            st.busiest, st.busiest_ts = st.busiest + 1, event.ts
-        st.hours[_hour(event.ts, self.config.utc_offset_s)] += 1.0
+        p.busy = p.recent + 1 if habit <= 0 else 0
         _change_state(st, event)
+        self._admit(p, verdict)
         return verdict
 
     def observe(self, flow: FlowRecord) -> tuple[str, list[int], np.ndarray]:
@@ -475,7 +622,7 @@ class Detector:
         limit = max(cfg.burst_min, cfg.burst_factor * st.busiest)
         if in_minute > limit:
             return math.log(in_minute / limit) + 1.0, wording.burst_reason(in_minute)
-        h = _hour(ts, cfg.utc_offset_s)
+        h = _hour(ts, self.local_offset(ts))
         near = st.hours[h] + st.hours[(h - 1) % 24] + st.hours[(h + 1) % 24]
         if sum(st.hours) >= cfg.habit_min_events and near == 0:
             return cfg.high_score, wording.odd_hour_reason(h)
@@ -569,6 +716,7 @@ class Detector:
                 times.popleft()
         if st.on and now - st.last_hot > cfg.off_s:
             st.on = False
+        self._settle(p.device, st, now)
         # Zeek logs a connection when it ends, stamped with its start: a record that started
         # before the current window (a long connection ending, or flushed at shutdown) is no
         # evidence of what the device does now, so it cannot switch the device on
@@ -611,40 +759,110 @@ class Detector:
                 attention=[] if was_on else self._attended(st, ids, top),
                 expected=[] if was_on or p.flow is None else self._expected(st),
             )
-        # learn (after deciding)
-        self._learn(st, ts, ids, keys, raw, hot=hot)
+        p.raw, p.hot = raw, hot  # learnt (or held) after deciding: ``_admit``
         return Verdict(
             score, alarm, severity, family, explanation, surprise, p_attack, warmed, list(ids)
         )
 
-    def _learn(
-        self,
-        st: DeviceState,
-        ts: float,
-        ids: list[int],
-        keys: list[tuple[str, str]],
-        raw: float,
-        *,
-        hot: bool,
-    ) -> None:
+    def _admit(self, p: _Pending, verdict: Verdict) -> None:
+        """Learn a decided record, or hold it: hot, or its device on (the quarantine rule)."""
+        st = p.st
+        record: FlowRecord | DeviceEvent | None = p.flow if p.flow is not None else p.event
+        assert record is not None
+        held = Held(p.now, record, p.ids, p.toks, p.raw, p.hot, p.busy)
+        frozen = p.device in self._frozen
+        if not (p.hot or st.on):
+            self._learn(st, held)
+            if frozen:  # its later records were scored without it
+                self._moved.add(p.device)
+            return
+        verdict.held = True
+        st.episode = st.episode or st.on  # the hot records before it switched on belong to it
+        if len(st.held) < self.config.held_max:
+            st.held.append(held)
+        else:
+            st.held_over += 1
+        # the device's KV-cached window has seen it: start again from what it learnt
+        self.contexts.forget(p.device)
+        if not frozen:
+            self._moved.add(p.device)
+
+    def _settle(self, device: str, st: DeviceState, now: float) -> None:
+        """Empty the quarantine of what ``now`` decides: an episode over, hot records let go."""
+        if st.episode and not st.on:  # over, and nobody marked it normal: never learnt
+            st.held_discarded += len(st.held)
+            st.held.clear()
+            st.episode = False
+            return
+        if st.episode:
+            return
+        while st.held and st.held[0].at < now - self.config.window_s:
+            self._learn_late(device, st, st.held.popleft())
+
+    def release(self, device: str) -> int:
+        """Learn the device's quarantined records now (a user marked its alarm normal).
+
+        The episode ends with them (the device is off until new hot records switch it on);
+        ``on_learnt`` hears of each. Returns how many were released.
+        """
+        st = self.devices.get(device)
+        if st is None:
+            return 0
+        held, st.held = list(st.held), deque()
+        st.on = st.episode = False
+        st.hot.clear()
+        st.sig_hot.clear()
+        for h in held:
+            self._learn_late(device, st, h)
+        self.contexts.forget(device)
+        return len(held)
+
+    def quarantine(self, device: str) -> dict[str, int | bool]:
+        """Count the device's quarantine: held now, turned away by the cap, dropped."""
+        st = self.devices.get(device)
+        if st is None:
+            return {"held": 0, "episode": False, "over_cap": 0, "discarded": 0}
+        return {
+            "held": len(st.held),
+            "episode": st.episode,
+            "over_cap": st.held_over,
+            "discarded": st.held_discarded,
+        }
+
+    def _learn_late(self, device: str, st: DeviceState, h: Held) -> None:
+        self._learn(st, h)
+        self._moved.add(device)
+        self.contexts.forget(device)
+        if self.on_learnt is not None:
+            self.on_learnt(device, h)
+
+    def _learn(self, st: DeviceState, h: Held) -> None:
+        """Learn a record: context, warm-up, calibration, shapes, habits."""
         cfg = self.config
-        st.ids.extend(ids)
+        ts = h.record.ts
+        st.ids.extend(h.ids)
         st.seen += 1
         st.prev_ts = ts if st.prev_ts is None else max(st.prev_ts, ts)
-        if not hot and st.seen > cfg.warmup:  # first sightings of a young device say little
+        if not h.hot and st.seen > cfg.warmup:  # first sightings of a young device say little
             if len(st.calib) == st.calib.maxlen:  # the oldest leaves the sorted copy too
                 del st.ranked[bisect.bisect_left(st.ranked, st.calib[0])]
-            st.calib.append(raw)
-            bisect.insort(st.ranked, raw)
+            st.calib.append(h.raw)
+            bisect.insort(st.ranked, h.raw)
         # hot shapes are learnt slowly: a repeated benign novelty fades, an attack stays loud
-        weight = cfg.hot_weight if hot else 1.0
-        for num, den in keys:
+        weight = cfg.hot_weight if h.hot else 1.0
+        for num, den in _cache_keys(h.toks):
             st.shapes[num] = st.shapes.get(num, 0.0) + weight
             st.shapes[den] = st.shapes.get(den, 0.0) + weight
         if len(st.shapes) > 8192:  # bound memory: forget the rarest token counts
             for k in sorted(st.shapes, key=st.shapes.__getitem__)[:2048]:
                 if not k.startswith("#"):
                     del st.shapes[k]
+        if isinstance(h.record, DeviceEvent):
+            # the busiest minute is learnt one event per minute at most: a real change of pace
+            # gets learnt over time, a burst that ramps up does not raise its own limit
+            if h.busy > st.busiest and ts - st.busiest_ts >= 60.0:
+                st.busiest, st.busiest_ts = st.busiest + 1, ts
+            st.hours[_hour(ts, self.local_offset(ts))] += 1.0
 
     def _cached(self, st: DeviceState, keys: list[tuple[str, str]], nll: np.ndarray) -> np.ndarray:
         """Mix the model with the device's own token counts (a per-device cache model).

@@ -172,6 +172,8 @@ class _Server:
             "tick": detector.tick,
             "forget": detector.forget,
             "describe": detector.describe,
+            "set_time_zone": detector.set_time_zone,
+            "time_zone": lambda: detector.engine.config.time_zone,
             "mark_normal": detector.mark_normal,
             "load_model": detector.load_model,
             "save_state": self._save_state,
@@ -471,6 +473,7 @@ class ProcessDetector:
         self._state_path: Path | None = None
         self._version = ""
         self._info: dict[str, Any] = {}
+        self._time_zone: str | None = None  # told to every child it starts
 
     # -- the child's life ------------------------------------------------------------------------
 
@@ -501,6 +504,8 @@ class ProcessDetector:
         child = self._child = _Child(self.directory, self.nice)
         if self._model_loaded or self._state_path is not None:
             LOGGER.info("GIoT's detector process started again; loading the model and state")
+        if self._time_zone is not None:
+            child.submit("set_time_zone", (self._time_zone,)).result()
         if self._model_loaded:
             child.submit("load_model", ()).result()
         if self._state_path is not None:
@@ -603,6 +608,16 @@ class ProcessDetector:
         """Describe what the device normally does."""
         description: Description = self._call("describe", device)
         return description
+
+    def set_time_zone(self, time_zone: str | None) -> None:
+        """Tell the child the home's time zone (and every child started after it)."""
+        self._time_zone = time_zone
+        self._call("set_time_zone", time_zone)
+
+    def time_zone(self) -> str | None:
+        """Ask the child which time zone its detector follows (tests: it arrived)."""
+        zone: str | None = self._call("time_zone")
+        return zone
 
     def mark_normal(self, device: str) -> np.ndarray:
         """Learn the device's recent alarming pattern as normal; return its windows."""

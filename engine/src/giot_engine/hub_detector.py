@@ -21,7 +21,7 @@ import numpy as np
 from . import wording
 from .describe import Behaviour, mud_profile
 from .describe import describe as describe_behaviour
-from .detector import Detector
+from .detector import Detector, Held
 from .detector import Verdict as EngineVerdict
 from .event_features import user_initiated
 from .gil import GilYielder
@@ -173,6 +173,12 @@ class HubDetector(Protocol):
     def describe(self, device: str) -> Description:
         """Describe what the device normally does."""
 
+    def set_time_zone(self, time_zone: str | None) -> None:
+        """Follow the home's time zone (an IANA name, DST included) from the next record on."""
+
+    def time_zone(self) -> str | None:
+        """Return the time zone the detector follows now."""
+
     def mark_normal(self, device: str) -> np.ndarray:
         """Learn the device's recent alarming pattern as normal; return its windows (N, T)."""
 
@@ -238,6 +244,8 @@ class InProcessDetector:
             directory / "model" if directory is not None else None, self.vocab
         )
         self.engine = Detector(self.models.scorer, vocab=self.vocab)
+        # what the engine learns late (out of its quarantine) the descriptions and windows learn
+        self.engine.on_learnt = self._learnt_late
         self._behaviours: dict[str, Behaviour] = {}
         self._events: dict[str, Counter[str]] = {}
         self._recent: dict[str, MinuteCounts] = {}
@@ -250,6 +258,7 @@ class InProcessDetector:
         self._taken: dict[str, deque[np.ndarray]] = {}
         self._keys: dict[str, str] = {}  # engine device (address, entity) -> coordinator key
         self._described: dict[str, float] = {}  # when each device's description was refreshed
+        self._learnt_ts: dict[str, float] = {}  # each engine device's last learnt record (gaps)
         self.gil = GilYielder(self.YIELD_EVERY_S)
 
     @property
@@ -285,7 +294,7 @@ class InProcessDetector:
         return None
 
     def _verdict(
-        self, key: str, engine_key: str, raw: EngineVerdict, ts: float, *, warmed: bool, **kw: Any
+        self, key: str, engine_key: str, raw: EngineVerdict, *, warmed: bool, **kw: Any
     ) -> HubVerdict:
         kind = raw.family or kw.pop("named", None) or "unusual"
         score = raw.score - self._dampen.get(key, {}).get(kind, 0.0)
@@ -293,15 +302,6 @@ class InProcessDetector:
         if alarm:
             self._last_alarm[key] = kind
         self._keys[engine_key] = key  # for ``tick``, whose verdicts name engine devices
-        self._count[key] += 1
-        tail = self._tail.setdefault(engine_key, deque(maxlen=self.WINDOW_TOKENS))
-        tail.extend(raw.ids)  # the record's tokens, as the engine scored them
-        if len(tail) == self.WINDOW_TOKENS and self._count[key] % self.WINDOW_EVERY == 0:
-            window = np.asarray([BOS_ID, *tail], dtype=np.int32)
-            if self._pending[key] < self.PENDING_PER_DEVICE:
-                self._pending[key] += 1
-                self._windows.append((key, window, ts))
-            self._taken.setdefault(key, deque(maxlen=self.FEEDBACK_WINDOWS)).append(window)
         return HubVerdict(
             key,
             round(score, 3),
@@ -313,50 +313,81 @@ class InProcessDetector:
             **kw,
         )
 
+    def _learn(
+        self, key: str, engine_key: str, record: FlowRecord | DeviceEvent, ids: Sequence[int]
+    ) -> None:
+        """Learn a record the engine learnt: the description's counts and the token windows.
+
+        Records the engine holds (its quarantine: an alarmed episode) are learnt here only if
+        and when the engine learns them (``_learnt_late``), in the same way.
+        """
+        if isinstance(record, FlowRecord):
+            behaviour = self._behaviours.setdefault(key, Behaviour())
+            previous = self._learnt_ts.get(engine_key)
+            behaviour.add(record, previous, self.engine.local_offset(record.ts))
+            self._learnt_ts[engine_key] = (
+                record.ts if previous is None else max(previous, record.ts)
+            )
+            del behaviour.gaps[: -self.KEEP], behaviour.bytes_per_flow[: -self.KEEP]
+        else:
+            self._events.setdefault(key, Counter())[wording.change_words(record)] += 1
+        self._count[key] += 1
+        tail = self._tail.setdefault(engine_key, deque(maxlen=self.WINDOW_TOKENS))
+        tail.extend(ids)  # the record's tokens, as the engine scored them
+        if len(tail) == self.WINDOW_TOKENS and self._count[key] % self.WINDOW_EVERY == 0:
+            window = np.asarray([BOS_ID, *tail], dtype=np.int32)
+            if self._pending[key] < self.PENDING_PER_DEVICE:
+                self._pending[key] += 1
+                self._windows.append((key, window, record.ts))
+            self._taken.setdefault(key, deque(maxlen=self.FEEDBACK_WINDOWS)).append(window)
+
+    def _learnt_late(self, engine_key: str, held: Held) -> None:
+        """Learn here too what the engine learnt out of its quarantine."""
+        self._learn(self._keys.get(engine_key, engine_key), engine_key, held.record, held.ids)
+
     def observe_flows(self, items: Sequence[tuple[str, FlowRecord]]) -> list[HubVerdict]:
         """Score the flows with the engine in one batch (the verdicts of one at a time)."""
         named: list[str | None] = []
-        last_ts: dict[str, float | None] = {}  # each device's previous flow, batch included
         for key, flow in items:
             self.gil.maybe_yield()
             engine_key = device_of(flow)
-            if engine_key not in last_ts:
+            self._keys.setdefault(engine_key, key)
+            if engine_key not in self._learnt_ts:  # gaps count from its last flow (restarts)
                 state = self.engine.devices.get(engine_key)
-                last_ts[engine_key] = state.prev_ts if state is not None else None
-            behaviour = self._behaviours.setdefault(key, Behaviour())
-            behaviour.add(flow, last_ts[engine_key])
-            previous = last_ts[engine_key]
-            last_ts[engine_key] = flow.ts if previous is None else max(previous, flow.ts)
-            del behaviour.gaps[: -self.KEEP], behaviour.bytes_per_flow[: -self.KEEP]
+                if state is not None and state.prev_ts is not None:
+                    self._learnt_ts[engine_key] = state.prev_ts
             named.append(self._name(key, flow))
         raws = self.engine.process_many([flow for _, flow in items], between=self.gil.maybe_yield)
         verdicts = []
         for (key, flow), raw, name in zip(items, raws, named, strict=True):
             self.gil.maybe_yield()
-            verdicts.append(
-                self._verdict(key, device_of(flow), raw, flow.ts, warmed=raw.warmed, named=name)
-            )
+            engine_key = device_of(flow)
+            verdicts.append(self._verdict(key, engine_key, raw, warmed=raw.warmed, named=name))
+            if not raw.held:
+                self._learn(key, engine_key, flow, raw.ids)
         return verdicts
 
     def observe_events(self, items: Sequence[tuple[str, DeviceEvent]]) -> list[HubVerdict]:
         """Score the device events with the engine in one batch (the verdicts of one at a time)."""
         for key, event in items:
-            self._events.setdefault(key, Counter())[wording.change_words(event)] += 1
+            self._keys.setdefault(event.device_id or event.entity_id, key)
         raws = self.engine.process_many([event for _, event in items], between=self.gil.maybe_yield)
         verdicts = []
         for (key, event), raw in zip(items, raws, strict=True):
             self.gil.maybe_yield()
+            engine_key = event.device_id or event.entity_id
             verdicts.append(
                 self._verdict(
                     key,
-                    event.device_id or event.entity_id,
+                    engine_key,
                     raw,
-                    event.ts,
                     warmed=raw.warmed,
                     user_initiated=user_initiated(event),
                     is_event=True,
                 )
             )
+            if not raw.held:
+                self._learn(key, engine_key, event, raw.ids)
         return verdicts
 
     def observe_batch(
@@ -437,6 +468,7 @@ class InProcessDetector:
             self._keys.pop(engine_key, None)
             self.engine.forget(engine_key)
             self._tail.pop(engine_key, None)
+            self._learnt_ts.pop(engine_key, None)
         for table in (
             self._behaviours,
             self._events,
@@ -448,6 +480,20 @@ class InProcessDetector:
             self._described,
         ):
             table.pop(key, None)
+
+    def set_time_zone(self, time_zone: str | None) -> None:
+        """Hour and weekday tokens, hour habits and active hours in this zone's local time.
+
+        An unknown name is logged and leaves the time zone as it was.
+        """
+        try:
+            self.engine.set_time_zone(time_zone)
+        except (KeyError, ValueError) as err:
+            LOGGER.warning("GIoT keeps its time zone; %r is unknown: %s", time_zone, err)
+
+    def time_zone(self) -> str | None:
+        """Return the time zone the engine follows now (None: UTC or its fixed offset)."""
+        return self.engine.config.time_zone
 
     def drain_windows(self) -> WindowBatch:
         """Hand the new windows over."""
@@ -472,8 +518,12 @@ class InProcessDetector:
     def mark_normal(self, device: str) -> np.ndarray:
         """Lower later scores of the device's last alarming kind (stacking with each mark).
 
-        Returns the device's recent windows, which local training then learns with extra weight.
+        The engine releases the records it held (its quarantine): the device learns them now,
+        and so do its description and windows. Returns the device's recent windows (those
+        records' among them), which local training then learns with extra weight.
         """
+        for engine_key in [e for e, k in self._keys.items() if k == device] or [device]:
+            self.engine.release(engine_key)
         taken = self._taken.pop(device, deque())
         windows = np.stack(taken) if taken else np.zeros((0, self.WINDOW_TOKENS + 1), np.int32)
         if (kind := self._last_alarm.pop(device, None)) is None:

@@ -17,7 +17,9 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 from .records import DeviceEvent, FlowRecord
 
@@ -174,6 +176,25 @@ def rate_bucket(recent: int) -> str:
         if recent < upper:
             return str(i)
     return str(RATE_BUCKETS - 1)
+
+
+def utc_offset(ts: float, time_zone: str | None, fixed_s: int = 0) -> int:
+    """Seconds local time is ahead of UTC at ``ts`` in ``time_zone`` (an IANA name, with DST).
+
+    Without a time zone, the fixed ``fixed_s``. Pass the result as ``utc_offset_s`` to
+    ``time_token`` / ``TokenContext``: the offset of the record's own instant, so a flow just
+    after a DST change gets the new hour.
+    """
+    if time_zone is None:
+        return fixed_s
+    offset = datetime.fromtimestamp(ts, UTC).astimezone(_zone(time_zone)).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else fixed_s
+
+
+@lru_cache(maxsize=8)
+def _zone(name: str) -> ZoneInfo:
+    """Look an IANA name up (raises ``ZoneInfoNotFoundError`` for an unknown one)."""
+    return ZoneInfo(name)
 
 
 def time_token(ts: float, utc_offset_s: int) -> str:
