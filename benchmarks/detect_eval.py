@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -291,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in args.set:
         name, _, value = item.partition("=")
         kind = type(getattr(det_cfg, name))
-        parsed = value.lower() in {"1", "true", "yes"} if kind is bool else kind(value)
+        parsed: Any = value.lower() in {"1", "true", "yes"} if kind is bool else kind(value)
         det_cfg = dataclasses.replace(det_cfg, **{name: parsed})
     tcfg = TrainConfig(model=args.model, steps=args.steps)
     for item in args.train_set:
