@@ -125,6 +125,22 @@ def test_cached_windows_grow_from_the_carried_tail() -> None:
     assert scorer.cached_devices == 1
 
 
+def test_a_full_forget_restarts_with_all_the_history_a_record_may_see() -> None:
+    """forget(full=True): the next window carries ``keep`` tokens, not ``carry``; then as before."""
+    model = _model(2)
+    history = list(range(10, 10 + 7 * 12))  # 84 tokens: more than a window keeps
+    x = list(range(200, 207))
+    scorer = ContextScorer(model, 64, 56, 14)
+    scorer.forget("d", full=True)  # a window dropped to take a record out of it
+    full = scorer.score([("d", history, x)])[0]
+    want = model.token_nll(np.asarray([[BOS_ID, *history[-56:], *x]]))[0, -7:]
+    np.testing.assert_allclose(full, want, rtol=2e-4, atol=2e-4)
+    scorer.forget("d")  # a plain forget: the short carry again
+    short = scorer.score([("d", history, x)])[0]
+    want = model.token_nll(np.asarray([[BOS_ID, *history[-14:], *x]]))[0, -7:]
+    np.testing.assert_allclose(short, want, rtol=2e-4, atol=2e-4)
+
+
 def test_window_path_batches_any_token_nll_scorer() -> None:
     bigram = BigramModel(np.random.default_rng(0).random((len(VOCAB), len(VOCAB))) * 5)
     records: list[FlowRecord | DeviceEvent] = [*_mixed_stream(2, 20), *_events(12)]

@@ -119,6 +119,7 @@ class ContextScorer:
         self.carry = max(0, min(carry_tokens, keep))
         self.max_devices = max_devices
         self._windows: OrderedDict[str, _Window] = OrderedDict()  # least recently used first
+        self._full: set[str] = set()  # devices whose next window starts with ``keep`` tokens
         self._pool: KVCache | None = None  # the current model's, rows = slots
         self._free: list[int] = []
         self._between: Callable[[], object] = _nothing
@@ -161,10 +162,20 @@ class ContextScorer:
     def clear(self) -> None:
         """Forget every cached window (e.g. after the detector's state was replaced)."""
         self._windows.clear()
+        self._full.clear()
         self._pool, self._free = None, []
 
-    def forget(self, device: str) -> None:
-        """Drop one device's window (it starts afresh from the history it brings)."""
+    def forget(self, device: str, *, full: bool = False) -> None:
+        """Drop one device's window (it starts afresh from the history it brings).
+
+        ``full``: the next window starts with as much history as a record may see (``keep``)
+        instead of ``carry_tokens``: where a window was dropped to take a record out of it, the
+        records after it see as much context as a live window gives them, not a short restart.
+        """
+        if full:
+            self._full.add(device)
+        else:
+            self._full.discard(device)
         window = self._windows.pop(device, None)
         if window is not None:
             self._free.append(window.slot)
@@ -302,7 +313,9 @@ class ContextScorer:
         while len(self._windows) >= self.max_devices:  # not one of this call's: they are newer
             self.forget(next(iter(self._windows)))
         slot = self._free.pop() if self._free else len(self._windows)
-        window = self._windows[device] = _Window(slot, [BOS_ID, *_last(history, self.carry)], 0)
+        carry = self.keep if device in self._full else self.carry
+        self._full.discard(device)
+        window = self._windows[device] = _Window(slot, [BOS_ID, *_last(history, carry)], 0)
         return window
 
     def _ensure_pool(self, model: CachedScorer) -> KVCache:

@@ -21,7 +21,9 @@ Quarantine (one rule, here): a record is *held* instead of learnt when it is hot
 on. Held records wait in the device's quarantine (``DeviceState.held``, at most ``held_max``; the
 rest are counted in ``held_over`` and never learnt) and touch nothing a device learns: its model
 context (``ids``, and the KV-cached window: while a device is on, each of its records is scored
-against the context it had before the episode), its shape cache, its calibration, its warm-up
+against the context it had before the episode; a window a held record left restarts with all the
+history a record may see, so the quarantine changes what a record's context holds, not how much
+of it), its shape cache, its calibration, its warm-up
 count and its hours and pace; a host learns nothing of them either (``Verdict.held``: no profile,
 no description, no training window). They leave the quarantine one of three ways:
 - the device did not switch on within ``window_s`` of a hot record: nothing came of it, and the
@@ -515,6 +517,9 @@ class Detector:
             )
             for i in todo
         ]
+        for name, _, _ in requests:
+            if "\x00" in name:  # the pre-episode context, as much of it as a live window shows
+                self.contexts.forget(name, full=True)
         nlls = self.contexts.score(requests, between)
         for name, _, _ in requests:
             if "\x00" in name:
@@ -530,7 +535,7 @@ class Detector:
             verdicts[i] = self._conclude(p, nll)
             if p.device in self._moved:
                 self._moved.discard(p.device)
-                self.contexts.forget(p.device)
+                self.contexts.forget(p.device, full=True)
                 stopped.add(p.device)
             if between is not None:
                 between()
@@ -782,8 +787,9 @@ class Detector:
             st.held.append(held)
         else:
             st.held_over += 1
-        # the device's KV-cached window has seen it: start again from what it learnt
-        self.contexts.forget(p.device)
+        # the device's KV-cached window has seen it: start again from what it learnt (a full
+        # window of it: taking a record out changes what later records see, not how much)
+        self.contexts.forget(p.device, full=True)
         if not frozen:
             self._moved.add(p.device)
 
@@ -814,7 +820,7 @@ class Detector:
         st.sig_hot.clear()
         for h in held:
             self._learn_late(device, st, h)
-        self.contexts.forget(device)
+        self.contexts.forget(device, full=True)
         return len(held)
 
     def quarantine(self, device: str) -> dict[str, int | bool]:
@@ -832,7 +838,7 @@ class Detector:
     def _learn_late(self, device: str, st: DeviceState, h: Held) -> None:
         self._learn(st, h)
         self._moved.add(device)
-        self.contexts.forget(device)
+        self.contexts.forget(device, full=True)
         if self.on_learnt is not None:
             self.on_learnt(device, h)
 
