@@ -2,6 +2,7 @@
 
 import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 
@@ -46,6 +47,7 @@ def _ports(hub: InProcessDetector) -> set[int]:
 
 def _warm_hub() -> tuple[InProcessDetector, float]:
     hub = InProcessDetector()
+    hub.engine.config = replace(hub.engine.config, quarantine=True)  # off by default (see rule)
     pre = benign(80)
     assert not any(v.alarm for v in hub.observe_flows([("cam", f) for f in pre]))
     hub.drain_windows()
@@ -76,13 +78,13 @@ def test_attack_is_held_out_of_everything_the_device_learns() -> None:
 
 def test_quarantine_survives_the_state() -> None:
     """Held records and the episode come back with the device's state (a restart, a new child)."""
-    det = Detector(InProcessDetector().models.scorer)
+    det = Detector(InProcessDetector().models.scorer, config=DetectorConfig(quarantine=True))
     for f in benign(80):
         det.process(f)
     for f in scan(40, 1_700_000_000.0 + 30 * 80 + 5):
         det.process(f)
     saved = json.loads(json.dumps(det.state_dict()))
-    back = Detector(det.model)
+    back = Detector(det.model, config=det.config)
     back.load_state_dict(saved)
     assert back.quarantine(DEV) == det.quarantine(DEV)
     assert back.quarantine(DEV)["held"] == 40
@@ -141,7 +143,9 @@ def test_mark_normal_releases_the_episode_into_learning() -> None:
 def test_a_lone_hot_record_is_learnt_a_window_later() -> None:
     """A hot record that switched nothing on leaves the quarantine once it no longer can."""
     # (no single record switches a device on by itself here: ``k_on`` hot ones are needed)
-    det = Detector(InProcessDetector().models.scorer, config=DetectorConfig(high_score=1e9))
+    det = Detector(
+        InProcessDetector().models.scorer, config=DetectorConfig(high_score=1e9, quarantine=True)
+    )
     flows = benign(80)
     for f in flows:
         det.process(f)
@@ -160,7 +164,9 @@ def test_a_lone_hot_record_is_learnt_a_window_later() -> None:
 
 
 def test_quarantine_is_capped_and_counts_what_it_turned_away() -> None:
-    det = Detector(InProcessDetector().models.scorer, config=DetectorConfig(held_max=16))
+    det = Detector(
+        InProcessDetector().models.scorer, config=DetectorConfig(held_max=16, quarantine=True)
+    )
     for f in benign(80):
         det.process(f)
     for f in _attack(1_700_000_000.0 + 30 * 80 + 5):
@@ -174,7 +180,7 @@ def test_batches_hold_and_learn_as_one_record_at_a_time() -> None:
     t = 1_700_000_000.0 + 30 * 80 + 5
     odd = FlowRecord(t - 2, DEV, 50001, "45.1.2.3", 23, "tcp", conn_state="S0")
     records = [*benign(80), odd, *_attack(t), *benign(20, t + 400)]
-    config = DetectorConfig(carry_tokens=14)
+    config = DetectorConfig(carry_tokens=14, quarantine=True)
     one = Detector(scorer, config=config)
     want = [one.process(r) for r in records]
     many = Detector(scorer, config=config)

@@ -103,9 +103,7 @@ async def test_restart_keeps_learnt_state(
     )
     await hass.async_block_till_done()
     assert float(hass.states.get("sensor.camera_anomaly_score").state) > 0
-    camera = restored.detector.state()["engine"]["devices"][CAMERA_IP]
-    # a hot record is held (the quarantine) before the device learns it
-    assert (camera["seen"], len(camera["held"])) == (40, 1)
+    assert restored.detector.state()["engine"]["devices"][CAMERA_IP]["seen"] == 41
 
 
 async def test_unreadable_zeek_log_raises_repair(hass: HomeAssistant, tmp_path: Path) -> None:
