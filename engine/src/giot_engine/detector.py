@@ -372,6 +372,7 @@ class _Pending:
     raw: float = 0.0  # the decision's surprise in nats (what calibration learns)
     hot: bool = False
     busy: int = 0  # events: the minute's count, when it may raise the device's busiest minute
+    keys: list[tuple[str, str]] | None = None  # the shape-cache keys of ``toks`` (``_decide``)
 
 
 class Detector:
@@ -711,7 +712,7 @@ class Detector:
     ) -> Verdict:
         st, ts, now, toks, ids = p.st, p.ts, p.now, p.toks, p.ids
         cfg = self.config
-        keys = _cache_keys(toks)
+        keys = p.keys = _cache_keys(toks)
         nll = self._cached(st, keys, nll)
         raw = float(nll.sum())
         warmed = st.seen >= cfg.warmup
@@ -789,7 +790,7 @@ class Detector:
         held = Held(p.now, record, p.ids, p.toks, p.raw, p.hot, p.busy)
         frozen = p.device in self._frozen
         if not self.config.quarantine or not (p.hot or st.on):
-            self._learn(st, held)
+            self._learn(st, held, p.keys)
             if frozen:  # its later records were scored without it
                 self._moved.add(p.device)
             return
@@ -854,8 +855,8 @@ class Detector:
         if self.on_learnt is not None:
             self.on_learnt(device, h)
 
-    def _learn(self, st: DeviceState, h: Held) -> None:
-        """Learn a record: context, warm-up, calibration, shapes, habits."""
+    def _learn(self, st: DeviceState, h: Held, keys: list[tuple[str, str]] | None = None) -> None:
+        """Learn a record: context, warm-up, calibration, shapes, habits (``keys``: as decided)."""
         cfg = self.config
         ts = h.record.ts
         st.ids.extend(h.ids)
@@ -868,7 +869,7 @@ class Detector:
             bisect.insort(st.ranked, h.raw)
         # hot shapes are learnt slowly: a repeated benign novelty fades, an attack stays loud
         weight = cfg.hot_weight if h.hot else 1.0
-        for num, den in _cache_keys(h.toks):
+        for num, den in keys if keys is not None else _cache_keys(h.toks):
             st.shapes[num] = st.shapes.get(num, 0.0) + weight
             st.shapes[den] = st.shapes.get(den, 0.0) + weight
         if len(st.shapes) > 8192:  # bound memory: forget the rarest token counts
