@@ -411,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tick-s", type=float, default=60.0)
     ap.add_argument("--horizon", type=float, default=300.0)
+    ap.add_argument("--no-time-token", action="store_true", help="ablation: no time information")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "home_events.md"))
     args = ap.parse_args(argv)
     base = Path(args.data) / "home_events"
@@ -424,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not names:
         print(f"no home logs under {base}", file=sys.stderr)
         return 2
-    cfg = DetectorConfig()
+    cfg = DetectorConfig(time_tokens=not args.no_time_token)
     t0 = time.perf_counter()
     results = []
     for name in names:

@@ -101,3 +101,16 @@ def test_tokenizers_json_shape() -> None:
     assert model["type"] == "WordLevel"
     assert model["vocab"]["[PAD]"] == 0
     assert j["pre_tokenizer"] == {"type": "WhitespaceSplit"}
+
+
+def test_timeless_context_says_nothing_about_time() -> None:
+    """The ablation without time: every record gets one known time token, the rest is as before."""
+    vocab = Vocabulary.default()
+    night = FlowRecord(1_700_000_000.0, "10.0.0.2", 50000, "8.8.8.8", 53, "udp")
+    noon = FlowRecord(1_700_000_000.0 + 12 * 3600, "10.0.0.2", 50000, "8.8.8.8", 53, "udp")
+    timed = [flow_tokens(f, TokenContext()) for f in (night, noon)]
+    timeless = [flow_tokens(f, TokenContext(timeless=True)) for f in (night, noon)]
+    assert timed[0][-1] != timed[1][-1]
+    assert timeless[0] == timeless[1]
+    assert timeless[0][:-1] == timed[0][:-1]
+    assert UNK_ID not in vocab.encode(timeless[0])

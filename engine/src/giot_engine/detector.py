@@ -134,6 +134,7 @@ class DetectorConfig:
     # the home's time zone (IANA name, e.g. "Europe/Berlin"): hour/weekday tokens and hour habits
     # follow its local time, DST included (``tokenizer.utc_offset``); None: ``utc_offset_s``
     time_zone: str | None = None
+    time_tokens: bool = True  # False: every record's time token is one constant (the ablation)
     # records that started before the window cannot switch a device on; while it is on, they
     # carry its alarm only when the signature stage calls them an attack or they reach
     # ``high_score`` (a long C&C connection ending mid-incident is part of it; a long NTP
@@ -560,7 +561,12 @@ class Detector:
         device = device_of(flow)
         st = self._state(device)
         peer = flow.resp_h if device == flow.orig_h else flow.orig_h
-        ctx = TokenContext(st.prev_ts, self._recent(st, flow.ts), self.local_offset(flow.ts))
+        ctx = TokenContext(
+            st.prev_ts,
+            self._recent(st, flow.ts),
+            self.local_offset(flow.ts),
+            timeless=not self.config.time_tokens,
+        )
         toks = flow_tokens(flow, ctx, device)
         p = _Pending(
             device, st, flow.ts, max(st.window.now, flow.ts), toks, self.vocab.encode(toks)
@@ -576,7 +582,10 @@ class Detector:
         device = event.device_id or event.entity_id
         st = self._state(device)
         recent = sum(1 for t in st.event_times if t >= event.ts - 60.0)
-        toks = event_tokens(event, TokenContext(st.prev_ts, recent, self.local_offset(event.ts)))
+        ctx = TokenContext(
+            st.prev_ts, recent, self.local_offset(event.ts), timeless=not self.config.time_tokens
+        )
+        toks = event_tokens(event, ctx)
         now = max(st.window.now, event.ts)
         p = _Pending(device, st, event.ts, now, toks, self.vocab.encode(toks))
         p.event, p.recent = event, recent

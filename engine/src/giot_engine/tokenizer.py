@@ -54,6 +54,7 @@ N_PKT_BUCKETS = 6
 GAP_BUCKETS = ("first", "late", "0", "1", "10", "60", "300", "1800", "3h", "long")
 RATE_BUCKETS = 6  # device's flows in the previous 60 s: 0, 1, 2-3, 4-15, 16-63, 64+
 HOUR_BUCKETS = 8  # three-hour blocks of the device's local time
+TIMELESS_TOKEN = "h0/wd"  # the time token of the ablation without time (a vocabulary token)
 EVENT_STATES = (
     "on", "off", "open", "closed", "locked", "unlocked", "home", "not_home", "playing", "idle",
     "heat", "cool", "num", "unavailable", "unknown", "none", "other",
@@ -203,6 +204,11 @@ def time_token(ts: float, utc_offset_s: int) -> str:
     return f"h{t.tm_hour // 3}/{'we' if t.tm_wday >= 5 else 'wd'}"
 
 
+def _time_of(*, ts: float, context: TokenContext) -> str:
+    """Give the record's time token; one constant for every record when ``context.timeless``."""
+    return TIMELESS_TOKEN if context.timeless else time_token(ts, context.utc_offset_s)
+
+
 @dataclass(slots=True)
 class TokenContext:
     """What the tokenizer needs beyond the record: the device's recent past, never its identity."""
@@ -210,6 +216,7 @@ class TokenContext:
     prev_ts: float | None = None
     recent_flows: int = 0
     utc_offset_s: int = 0
+    timeless: bool = False  # the time token says nothing (an ablation: what time adds)
 
 
 def flow_direction(flow: FlowRecord, device: str | None) -> str:
@@ -245,7 +252,7 @@ def flow_tokens(flow: FlowRecord, context: TokenContext, device: str | None = No
         f"D/{_log_bucket(flow.duration, 4.0, N_DUR_BUCKETS)}/"
         f"{_log_bucket(None if pkts is None else float(pkts), 4.0, N_PKT_BUCKETS)}",
         f"G/{gap_bucket(gap)}/{rate_bucket(context.recent_flows)}",
-        time_token(flow.ts, context.utc_offset_s),
+        _time_of(ts=flow.ts, context=context),
     ]
 
 
@@ -286,7 +293,7 @@ def event_tokens(event: DeviceEvent, context: TokenContext) -> list[str]:
         f"N/{numeric_change_bucket(event.numeric_change)}",
         f"src/{event.source if event.source in SOURCES else 'unknown'}",
         f"G/{gap_bucket(gap)}/{rate_bucket(context.recent_flows)}",
-        time_token(event.ts, context.utc_offset_s),
+        _time_of(ts=event.ts, context=context),
     ]
 
 
