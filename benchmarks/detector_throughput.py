@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from giot_engine.context import TokenScorer
 from giot_engine.detector import BigramModel, Detector, DetectorConfig
@@ -118,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,64,256,1024")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "detector.md"))
     args = ap.parse_args(argv)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # One BLAS thread, as in the hub's detector process (CHILD_ENV): numpy has loaded its BLAS
+    # by now, so an environment variable would be too late; two threads doubled the CPU time.
+    limits = threadpool_limits(limits=1)
     vocab = Vocabulary.default()
     records = stream(args.devices, args.records)
     giot = GIoTModel.init(  # frozen, as the hub's model_manager scores with it
@@ -133,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = measure(model, records, b)
             rows.append(f"| {name} | {b} | {r:,.0f} | {1e6 / r:.0f} |")
             print(rows[-1], flush=True)
+    limits.restore_original_limits()
     cfg = DetectorConfig()
     command = " ".join(
         ["scripts/bench detector-throughput", *(argv if argv is not None else sys.argv[1:])]
