@@ -24,6 +24,7 @@ from .describe import describe as describe_behaviour
 from .detector import Detector, Held
 from .detector import Verdict as EngineVerdict
 from .event_features import user_initiated
+from .federated import TaskAnswer
 from .gil import GilYielder
 from .model_manager import N_POSITIONS, ModelManager, TrainResult
 from .persist import read_state, write_state
@@ -181,6 +182,25 @@ class HubDetector(Protocol):
 
     def mark_normal(self, device: str) -> np.ndarray:
         """Learn the device's recent alarming pattern as normal; return its windows (N, T)."""
+
+    def federated_train(
+        self,
+        config: Mapping[str, int | float | str | bool],
+        arrays: Mapping[str, np.ndarray],
+        windows: np.ndarray,
+        seed: int,
+    ) -> TaskAnswer:
+        """Answer a node's train task: merge the downlink, train, GSFS-encode (see federated)."""
+        ...
+
+    def federated_evaluate(
+        self,
+        config: Mapping[str, int | float | str | bool],
+        arrays: Mapping[str, np.ndarray],
+        windows: np.ndarray,
+    ) -> TaskAnswer:
+        """Answer a node's evaluate task: validate and load the published global model."""
+        ...
 
     def train(self, windows: np.ndarray, seed: int) -> TrainResult:
         """Train locally on windows (N, T); raise OSError when the model could not be saved."""
