@@ -238,6 +238,7 @@ class GSFS(Strategy):
             cfg["gsfs-budget"] = plan.budget
             cfg["base-state"] = base
             cfg["new-state"] = new_state
+            cfg["deadline-s"] = self.deadline_s  # how long the node may take (giot-node, hubs)
             content = RecordDict({"arrays": record, "config": cfg})
             if shared is not None:
                 content["shared"] = shared

@@ -1,0 +1,5 @@
+"""``python -m giot_node`` = ``giot-node``."""
+
+from giot_node.cli import main
+
+raise SystemExit(main())
