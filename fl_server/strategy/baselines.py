@@ -63,6 +63,32 @@ class ValidatedMixin:
             kept.append(msg)
         return super().aggregate_train(server_round, kept)  # type: ignore[misc,no-any-return]
 
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Aggregate only evaluation replies with one MetricRecord and a sane ``num-examples``.
+
+        A hub that skipped (no data, busy, deadline) answers ``num-examples`` 0 and no more;
+        Flower's own check would take the differing replies for an inconsistent round and stop
+        the run, so they are dropped here as GSFS drops them.
+        """
+        kept: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                kept.append(msg)
+                continue
+            metrics = list(msg.content.metric_records.values())
+            why = (
+                "expected one MetricRecord"
+                if len(metrics) != 1
+                else check_num_examples(metrics[0].get("num-examples"), self.limits)
+            )
+            if why is not None:
+                log_rejection(msg.metadata.src_node_id, why)
+                continue
+            kept.append(msg)
+        return super().aggregate_evaluate(server_round, kept)  # type: ignore[misc,no-any-return]
+
 
 class ValidatedFedAvg(ValidatedMixin, FedAvg):
     """FedAvg (McMahan et al., 2017) with reply validation."""

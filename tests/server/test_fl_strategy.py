@@ -257,7 +257,9 @@ def test_secagg_compatible_mode_uses_one_shared_index_set() -> None:
 
 @pytest.mark.parametrize("name", ["fedavg", "fedadam", "fedprox"])
 def test_flower_baselines_with_validation(name: str, caplog: pytest.LogCaptureFixture) -> None:
-    cfg = _cfg(**{"strategy": name, "num-server-rounds": 2, "min-nodes": 3})
+    cfg = _cfg(
+        **{"strategy": name, "num-server-rounds": 2, "min-nodes": 3, "fraction-evaluate": 1.0}
+    )
     grid = LocalGrid(make_client_app(cfg), 4)
 
     def nan(a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -265,11 +267,25 @@ def test_flower_baselines_with_validation(name: str, caplog: pytest.LogCaptureFi
         a[k] = np.full_like(a[k], np.nan)
         return a
 
-    grid.tamper = {3: lambda n, r: _replace_arrays(r, nan)}
+    def skipped_evaluation(node: int, reply: Message) -> Message:
+        if reply.metadata.message_type != "evaluate":
+            return reply
+        # what a GIoT node answers for a hub that had nothing to evaluate on
+        for key in list(reply.content.metric_records):
+            del reply.content[key]
+        reply.content["metrics"] = MetricRecord({"num-examples": 0, "skipped": 1})
+        return reply
+
+    def poisoned(node: int, reply: Message) -> Message:
+        return reply if reply.metadata.message_type != "train" else _replace_arrays(reply, nan)
+
+    grid.tamper = {3: poisoned, 4: skipped_evaluation}
     with caplog.at_level(logging.WARNING):
         result = run_server(grid, cfg)
     assert "node 3: " in caplog.text
+    assert "node 4: num-examples out of range: 0" in caplog.text
     assert sorted(result.train_metrics_clientapp) == [1, 2]
+    assert sorted(result.evaluate_metrics_clientapp) == [1, 2]
     assert all(np.all(np.isfinite(a.numpy())) for a in result.arrays.values())
     initial = initial_arrays(cfg)
     assert any(not np.array_equal(result.arrays[k].numpy(), initial[k].numpy()) for k in initial)
