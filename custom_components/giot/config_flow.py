@@ -1,9 +1,18 @@
-"""Config flow for GIoT: one entry per Home Assistant, created by hand or from a discovered node."""
+"""Config flow for GIoT: one entry per Home Assistant, paired with a GIoT node or not.
 
+Detection needs nothing outside Home Assistant, so the user step may leave the node empty.
+Pairing a node (found by zeroconf, or entered by hand) takes the pairing token that
+``giot-node pair`` prints and checks it by shaking hands with the node; the entry's unique id is
+then the node's id. Pairing turns federated training on, unless the options hold an explicit
+"off". A token the node later refuses starts the reauthentication step.
+"""
+
+from collections.abc import Mapping
 from typing import Any, override
 
 import probatio
 from homeassistant.config_entries import (
+    SOURCE_IGNORE,
     ConfigEntry,
     ConfigEntryState,
     ConfigFlow,
@@ -26,9 +35,13 @@ from homeassistant.helpers.selector import (
     SelectSelectorConfig,
     SelectSelectorMode,
     TextSelector,
+    TextSelectorConfig,
+    TextSelectorType,
 )
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from homeassistant.util.network import is_host_valid
+
+from giot_engine.node_protocol import normalise_token
 
 from .const import (
     CONF_AREAS,
@@ -38,6 +51,7 @@ from .const import (
     CONF_NETFLOW_PORT,
     CONF_NODE_HOST,
     CONF_NODE_PORT,
+    CONF_NODE_TOKEN,
     CONF_RETENTION_DAYS,
     CONF_SENSITIVITY,
     CONF_ZEEK_PATH,
@@ -46,29 +60,58 @@ from .const import (
     DEFAULT_RETENTION_DAYS,
     DEFAULT_SENSITIVITY,
     DOMAIN,
+    LOGGER,
     Sensitivity,
 )
+from .models import node_from_entry
 from .netflow_listener import async_check_port_free
+from .node_link import (
+    NodeAuthError,
+    NodeHello,
+    NodeIncompatibleError,
+    NodeUnreachableError,
+    async_check_node,
+)
 from .zeek_tail import async_check_readable
 
+TITLE = "GIoT"
 PORT_SELECTOR = NumberSelector(
     NumberSelectorConfig(min=1, max=65535, step=1, mode=NumberSelectorMode.BOX)
 )
+TOKEN_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD))
+NODE_SCHEMA = probatio.Schema(
+    {
+        probatio.Optional(CONF_NODE_HOST): TextSelector(),
+        probatio.Required(CONF_NODE_PORT, default=DEFAULT_NODE_PORT): PORT_SELECTOR,
+        probatio.Optional(CONF_NODE_TOKEN): TOKEN_SELECTOR,
+    }
+)
+TOKEN_SCHEMA = probatio.Schema({probatio.Required(CONF_NODE_TOKEN): TOKEN_SELECTOR})
+
+
+def _node_data(host: str, port: int, token: str) -> dict[str, Any]:
+    return {CONF_NODE_HOST: host, CONF_NODE_PORT: port, CONF_NODE_TOKEN: token}
+
+
+def _federation_on(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options of a newly paired entry: federation on, unless the user turned it off."""
+    return {**options, CONF_FEDERATION: options.get(CONF_FEDERATION, True)}
 
 
 class GIoTConfigFlow(ConfigFlow, domain=DOMAIN):
-    """Create the single GIoT entry.
+    """Create the single GIoT entry, pair it with a node, or give it a new token.
 
-    Detection runs inside Home Assistant without anything else, so the user step asks nothing; a
-    GIoT node found by zeroconf is offered for confirmation and remembered for federated rounds.
+    One entry per Home Assistant: the user step refuses a second one; a discovered node
+    either updates the entry it is paired with (a new address), or pairs the entry that has no
+    node yet, or creates the entry.
     """
 
     VERSION = 1
 
     def __init__(self) -> None:
         """Start with no discovered node."""
-        self._node_host: str | None = None
-        self._node_port: int | None = None
+        self._host = ""
+        self._port = DEFAULT_NODE_PORT
 
     @staticmethod
     @callback
@@ -77,60 +120,161 @@ class GIoTConfigFlow(ConfigFlow, domain=DOMAIN):
         """Start the options flow: what to watch, where flows come from, how to learn."""
         return GIoTOptionsFlow()
 
+    async def _async_pair(
+        self, host: str, port: int, token: str
+    ) -> tuple[NodeHello | None, dict[str, str]]:
+        """Shake hands with the node at host:port with ``token``; say what went wrong."""
+        if not is_host_valid(host):
+            return None, {CONF_NODE_HOST: "invalid_host"}
+        if not normalise_token(token):
+            return None, {CONF_NODE_TOKEN: "token_required"}
+        error = "unknown"
+        try:
+            return await async_check_node(self.hass, host, port, token), {}
+        except NodeAuthError:
+            error = "invalid_auth"
+        except NodeIncompatibleError:
+            error = "incompatible"
+        except NodeUnreachableError:
+            error = "cannot_connect"
+        except Exception:
+            LOGGER.exception("Unexpected error while pairing with the GIoT node")
+        return None, {"base": error}
+
+    async def _async_free_unique_id(self, node_id: str) -> None:
+        """Remove an ignored discovery of the node being paired (one entry per unique id)."""
+        for entry in self.hass.config_entries.async_entries(DOMAIN, include_ignore=True):
+            if entry.source == SOURCE_IGNORE and entry.unique_id == node_id:
+                await self.hass.config_entries.async_remove(entry.entry_id)
+
     @override
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
-        """Confirm setting up GIoT."""
+        """Set GIoT up, with a node (host, port, token) or without (empty host)."""
+        if self._async_current_entries():
+            return self.async_abort(reason="single_instance_allowed")
+        errors: dict[str, str] = {}
         if user_input is not None:
-            return self.async_create_entry(title="GIoT", data={})
-        return self.async_show_form(step_id="user", data_schema=probatio.Schema({}))
+            host = str(user_input.get(CONF_NODE_HOST, "")).strip()
+            port = int(user_input[CONF_NODE_PORT])
+            token = str(user_input.get(CONF_NODE_TOKEN, ""))
+            if not host:
+                return self.async_create_entry(title=TITLE, data={})
+            hello, errors = await self._async_pair(host, port, token)
+            if hello is not None:
+                await self.async_set_unique_id(hello.node_id)
+                self._abort_if_unique_id_configured()
+                return self.async_create_entry(
+                    title=TITLE,
+                    data=_node_data(host, port, token),
+                    options=_federation_on({}),
+                )
+        return self.async_show_form(
+            step_id="user",
+            data_schema=self.add_suggested_values_to_schema(NODE_SCHEMA, user_input),
+            errors=errors,
+        )
 
     async def async_step_zeroconf(self, discovery_info: ZeroconfServiceInfo) -> ConfigFlowResult:
-        """Offer a GIoT node announced on the local network."""
-        self._node_host = discovery_info.host
-        self._node_port = discovery_info.port
+        """Offer a GIoT node announced on the local network (TXT ``id`` is its node id)."""
+        node_id = discovery_info.properties.get("id")
+        if not node_id:
+            return self.async_abort(reason="invalid_discovery_info")
+        self._host = discovery_info.host
+        self._port = discovery_info.port or DEFAULT_NODE_PORT
+        await self.async_set_unique_id(node_id)
+        # the paired entry follows its node to a new address (and reloads)
+        self._abort_if_unique_id_configured(
+            updates={CONF_NODE_HOST: self._host, CONF_NODE_PORT: self._port}
+        )
+        entries = self._async_current_entries(include_ignore=False)
+        if entries and node_from_entry(entries[0]) is not None:
+            return self.async_abort(reason="already_paired")
         self.context["title_placeholders"] = {"name": discovery_info.name.split(".")[0]}
-        return await self.async_step_zeroconf_confirm()
+        return await self.async_step_pair()
 
-    async def async_step_zeroconf_confirm(
-        self, user_input: dict[str, Any] | None = None
-    ) -> ConfigFlowResult:
-        """Let the user accept the discovered node."""
+    async def async_step_pair(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Ask for the discovered node's pairing token and check it."""
+        errors: dict[str, str] = {}
         if user_input is not None:
-            return self.async_create_entry(
-                title="GIoT",
-                data={CONF_NODE_HOST: self._node_host, CONF_NODE_PORT: self._node_port},
-            )
+            token = str(user_input[CONF_NODE_TOKEN])
+            hello, errors = await self._async_pair(self._host, self._port, token)
+            if hello is not None:
+                if hello.node_id != self.unique_id:  # not the node that was announced
+                    return self.async_abort(reason="invalid_discovery_info")
+                data = _node_data(self._host, self._port, token)
+                if entries := self._async_current_entries(include_ignore=False):
+                    return self.async_update_reload_and_abort(
+                        entries[0],
+                        unique_id=hello.node_id,
+                        data=data,
+                        options=_federation_on(entries[0].options),
+                        reason="paired",
+                    )
+                return self.async_create_entry(title=TITLE, data=data, options=_federation_on({}))
         return self.async_show_form(
-            step_id="zeroconf_confirm",
-            description_placeholders={"host": f"{self._node_host}:{self._node_port}"},
+            step_id="pair",
+            data_schema=TOKEN_SCHEMA,
+            errors=errors,
+            description_placeholders={"host": f"{self._host}:{self._port}"},
         )
 
     async def async_step_reconfigure(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
-        """Change (or clear) the node address; an empty host means local detection only."""
+        """Pair with a node, move it, or unpair (empty host: local detection only).
+
+        An empty token keeps the stored one (the same node at a new address).
+        """
         entry = self._get_reconfigure_entry()
         errors: dict[str, str] = {}
         if user_input is not None:
             host = str(user_input.get(CONF_NODE_HOST, "")).strip()
             port = int(user_input[CONF_NODE_PORT])
+            token = str(user_input.get(CONF_NODE_TOKEN) or entry.data.get(CONF_NODE_TOKEN, ""))
             if not host:
-                return self.async_update_reload_and_abort(entry, data={})
-            if is_host_valid(host):
+                return self.async_update_reload_and_abort(entry, unique_id=None, data={})
+            hello, errors = await self._async_pair(host, port, token)
+            if hello is not None:
+                await self._async_free_unique_id(hello.node_id)
                 return self.async_update_reload_and_abort(
-                    entry, data={CONF_NODE_HOST: host, CONF_NODE_PORT: port}
+                    entry,
+                    unique_id=hello.node_id,
+                    data=_node_data(host, port, token),
+                    options=_federation_on(entry.options),
                 )
-            errors[CONF_NODE_HOST] = "invalid_host"
-        schema = probatio.Schema(
-            {
-                probatio.Optional(CONF_NODE_HOST): TextSelector(),
-                probatio.Required(CONF_NODE_PORT, default=DEFAULT_NODE_PORT): PORT_SELECTOR,
-            }
-        )
+        suggested = {k: v for k, v in (user_input or entry.data).items() if k != CONF_NODE_TOKEN}
         return self.async_show_form(
             step_id="reconfigure",
-            data_schema=self.add_suggested_values_to_schema(schema, user_input or entry.data),
+            data_schema=self.add_suggested_values_to_schema(NODE_SCHEMA, suggested),
             errors=errors,
+        )
+
+    async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
+        """Ask for a new token: the node refused the old one (or the entry has none yet)."""
+        return await self.async_step_reauth_confirm()
+
+    async def async_step_reauth_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Check the new token against the same node, keep it and reload."""
+        entry = self._get_reauth_entry()
+        host = str(entry.data.get(CONF_NODE_HOST, ""))
+        port = int(entry.data.get(CONF_NODE_PORT, DEFAULT_NODE_PORT))
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            token = str(user_input[CONF_NODE_TOKEN])
+            hello, errors = await self._async_pair(host, port, token)
+            if hello is not None:
+                if entry.unique_id not in (None, hello.node_id):
+                    return self.async_abort(reason="unique_id_mismatch")
+                return self.async_update_reload_and_abort(
+                    entry, unique_id=hello.node_id, data_updates={CONF_NODE_TOKEN: token}
+                )
+        return self.async_show_form(
+            step_id="reauth_confirm",
+            data_schema=TOKEN_SCHEMA,
+            errors=errors,
+            description_placeholders={"host": f"{host}:{port}"},
         )
 
 
@@ -147,6 +291,12 @@ class GIoTOptionsFlow(OptionsFlowWithReload):
                     options[key] = int(options[key])
             if path := str(options.pop(CONF_ZEEK_PATH, "")).strip():
                 options[CONF_ZEEK_PATH] = path
+            if (
+                node_from_entry(self.config_entry) is None
+                and options.get(CONF_FEDERATION) is DEFAULT_FEDERATION
+            ):
+                # Left at the default before pairing is no choice: pairing may turn it on.
+                del options[CONF_FEDERATION]
             errors = await self._async_validate(options)
             if not errors:
                 return self.async_create_entry(data=options)

@@ -10,9 +10,12 @@ LOGGER = logging.getLogger(__package__)
 
 CONF_NODE_HOST: Final = "node_host"
 CONF_NODE_PORT: Final = "node_port"
+# The pairing token `giot-node pair` prints; it never crosses the link (node_protocol.proof).
+CONF_NODE_TOKEN: Final = "node_token"
 
 ZEROCONF_TYPE: Final = "_giot._tcp.local."
 DEFAULT_NODE_PORT: Final = 9093
+NODE_PATH: Final = "/giot"
 
 # Options (the options flow writes them; the coordinator reads them at setup).
 CONF_DEVICES: Final = "devices"
@@ -25,7 +28,10 @@ CONF_FEDERATION: Final = "federation"
 CONF_RETENTION_DAYS: Final = "retention_days"
 
 DEFAULT_RETENTION_DAYS: Final = 30
-DEFAULT_FEDERATION: Final = False  # off until a GIoT node is paired (nothing to federate with)
+# Off until a GIoT node is paired (nothing to federate with). Pairing turns it on unless the
+# options hold an explicit False (the options flow keeps no value for an unpaired entry whose
+# user left the default: that was no choice yet).
+DEFAULT_FEDERATION: Final = False
 
 
 class Sensitivity(StrEnum):
@@ -62,13 +68,25 @@ class AlertType(StrEnum):
 
 
 class FederationStatus(StrEnum):
-    """What federated participation is doing (placeholder until the node link exists)."""
+    """What federated participation is doing.
+
+    The first three are the user's choices (the option, pairing, the pause switch); the others
+    are the node link's state, ``training`` while a round's task is answered.
+    """
 
     DISABLED = "disabled"
+    NOT_PAIRED = "not_paired"
     PAUSED = "paused"
-    NO_NODE = "no_node"
-    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
     TRAINING = "training"
+    REAUTH_NEEDED = "reauth_needed"
+    INCOMPATIBLE = "incompatible"
+    UNREACHABLE = "unreachable"
+
+
+# Model origin of a model trained on this hub alone (a global one is "global round N").
+MODEL_ORIGIN_LOCAL: Final = "local"
 
 
 ATTR_SEVERITY: Final = "severity"

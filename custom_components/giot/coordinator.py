@@ -5,7 +5,8 @@ coordinator, which scores them in the detector (a process of its own, ``detector
 Home Assistant's GIL) and applies what comes back: per-device summaries, alarms and alerts.
 Everything else is a part of its own: which devices are watched (``devices``), the queue
 (``ingest``), alerts (``alerts``), absence (``absence``), local training (``training``), the
-repair issues (``issues``) and the saved hub state (``hub_store``).
+repair issues (``issues``), the saved hub state (``hub_store``), and for a paired node the link
+to it (``node_link``) and the rounds it hands over (``federation``).
 
 Entities hear of changes through Home Assistant's public APIs: hub entities are coordinator
 entities (``async_update_listeners``), each watched device's entities listen on a dispatcher
@@ -54,6 +55,7 @@ from .const import (
     DOMAIN,
     HOUSEKEEPING_INTERVAL,
     LOGGER,
+    MODEL_ORIGIN_LOCAL,
     SAVE_DELAY_S,
     SENSITIVITY_OFFSET,
     AlertType,
@@ -62,11 +64,13 @@ from .const import (
 )
 from .detector_runner import DetectorRunner
 from .devices import WatchedDevices
+from .federation import Federation
 from .hub_store import HubStore
 from .ingest import EventBatch, FlowBatch, IngestQueue
 from .issues import HealthIssues
 from .models import HubState, NodeAddress, WatchedDevice, node_from_entry
 from .netflow_listener import NetFlowListener
+from .node_link import NodeLink
 from .state_collector import MonitoredSelection, StateCollector
 from .store import WindowStore
 from .training import LocalTraining
@@ -96,10 +100,12 @@ class GIoTRuntimeData:
     issues: HealthIssues
     runner: DetectorRunner
     windows: WindowStore
+    federation: Federation
+    link: NodeLink | None
 
     @property
     def node(self) -> NodeAddress | None:
-        """The node remembered by discovery or reconfiguration; None means local detection only."""
+        """The paired node; None means local detection only."""
         return self.coordinator.node
 
 
@@ -158,6 +164,26 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
             trained=self._async_trained,
             failed=self._async_training_failed,
         )
+        self.federation = Federation(
+            runner=self.runner,
+            training=self.training,
+            hub=self.hub,
+            issues=self.issues,
+            allowed=lambda: self.federation_enabled and not self.hub.federation_paused,
+            changed=self.async_update_listeners,
+            save=self.hub_store.async_schedule_save,
+        )
+        self.link: NodeLink | None = None
+        if self.node is not None:
+            self.link = NodeLink(
+                hass,
+                entry,
+                self.node,
+                hub=self.hub,
+                federation=self.federation,
+                issues=self.issues,
+                changed=self.async_update_listeners,
+            )
         self.absence = AbsenceWatch(
             self.runner, self.devices, self.alerts, self.bars, self.async_notify
         )
@@ -202,6 +228,8 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
             issues=self.issues,
             runner=self.runner,
             windows=self.windows,
+            federation=self.federation,
+            link=self.link,
         )
 
     @property
@@ -220,7 +248,10 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
                 self.windows.remove_device(key)
         await self.runner.async_load()
         await self._async_follow_time_zone()
-        self.hub.model_version = self.detector.model_version
+        version = self.detector.model_version
+        if version != self.hub.model_version:  # the saved origin was another model's
+            self.hub.model_origin = MODEL_ORIGIN_LOCAL
+        self.hub.model_version = version
         self.devices.resolve()
         await self.devices.async_forget_unwatched()
         descriptions = await self.runner.async_run(
@@ -248,6 +279,8 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
             EVENT_HOMEASSISTANT_STOP, self._async_on_stop
         )
         await self._async_housekeeping(dt_util.utcnow())
+        if self.link is not None:
+            self.link.async_start()
 
     async def _async_follow_time_zone(self) -> None:
         """Tell the detector Home Assistant's time zone: hour and weekday tokens are local."""
@@ -273,6 +306,8 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
         if self._shut_down:
             return
         self._shut_down = True
+        if self.link is not None:  # first: no task may arrive while everything stops
+            await self.link.async_stop()
         await super().async_shutdown()
         while self._unsub:
             self._unsub.pop()()
@@ -443,13 +478,14 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
 
     @property
     def federation_status(self) -> FederationStatus:
-        """Placeholder status until the node link (federation issue) reports real rounds."""
+        """The user's choices first (option, pairing, pause), then what the node link says."""
         if not self.federation_enabled:
             return FederationStatus.DISABLED
+        if self.node is None:
+            return FederationStatus.NOT_PAIRED
         if self.hub.federation_paused:
             return FederationStatus.PAUSED
-        if self.hub.training:
+        status = self.hub.federation_status
+        if self.hub.federation_training and status is FederationStatus.CONNECTED:
             return FederationStatus.TRAINING
-        if self.node is None:
-            return FederationStatus.NO_NODE
-        return FederationStatus.IDLE
+        return status

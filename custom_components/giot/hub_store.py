@@ -1,6 +1,7 @@
 """The hub state GIoT keeps across restarts, in Home Assistant's store.
 
-Hub flags, the last training and the last data, and per device what a restart must not lose
+Hub flags, the last training and the last data, the federation's round, participation and byte
+counts, which model scores and where it came from, and per device what a restart must not lose
 (its name and address, snooze, count of observations, when it was last seen, and whether GIoT
 found it itself). Saves are coalesced: the detector's state (written beside the windows, see
 ``store``) is read in the executor and may be megabytes, so bursts of changes save once.
@@ -60,6 +61,16 @@ class HubStore:
             self._hub.last_training = dt_util.parse_datetime(last)
         if last_data := stored.get("last_data"):
             self._hub.last_data = dt_util.parse_datetime(last_data)
+        if participation := hub.get("last_participation"):
+            self._hub.last_participation = dt_util.parse_datetime(participation)
+        for key in ("bytes_up", "bytes_down"):
+            if (value := hub.get(key)) is not None:
+                setattr(self._hub, key, int(value))
+        self._hub.bytes_up_total = int(hub.get("bytes_up_total", 0))
+        self._hub.bytes_down_total = int(hub.get("bytes_down_total", 0))
+        # the coordinator keeps the origin only while the detector still has this version
+        self._hub.model_version = str(hub.get("model_version", ""))
+        self._hub.model_origin = str(hub.get("model_origin", self._hub.model_origin))
         return dict(stored.get("devices", {}))
 
     async def async_save(self) -> None:
@@ -92,6 +103,13 @@ class HubStore:
                 "federation_paused": hub.federation_paused,
                 "away_mode": hub.away_mode,
                 "last_training": _iso(hub.last_training),
+                "last_participation": _iso(hub.last_participation),
+                "bytes_up": hub.bytes_up,
+                "bytes_down": hub.bytes_down,
+                "bytes_up_total": hub.bytes_up_total,
+                "bytes_down_total": hub.bytes_down_total,
+                "model_version": hub.model_version,
+                "model_origin": hub.model_origin,
             },
             "devices": {key: _device_record(state) for key, state in self._devices.items()},
             "last_data": _iso(hub.last_data),

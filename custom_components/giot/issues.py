@@ -1,4 +1,4 @@
-"""GIoT's health, as repair issues: unreadable flow sources, no data, a full disk.
+"""GIoT's health, as repair issues: unreadable flow sources, no data, a full disk, the node.
 
 Raised and withdrawn as the health changes; every issue goes when the entry unloads (a reload
 raises those that still apply again). Named ``issues`` rather than ``repairs``: Home
@@ -8,7 +8,7 @@ Assistant takes a ``repairs`` module to be the integration's fix-flow platform.
 import shutil
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import issue_registry as ir
@@ -23,6 +23,8 @@ from .store import WindowStore
 from .zeek_tail import TailStatus
 
 MIN_FREE_BYTES = 50 * 1024 * 1024
+
+type NodeProblem = Literal["protocol", "model"]
 
 
 class HealthIssues:
@@ -130,6 +132,43 @@ class HealthIssues:
             )
         else:
             ir.async_delete_issue(self._hass, DOMAIN, "storage_full")
+
+    @callback
+    def async_node_incompatible(self, cause: NodeProblem, detail: str | None) -> None:
+        """Raise (``detail``) or clear (None) the repair for a node or model GIoT cannot use.
+
+        Two causes, each cleared by its own success: the link's protocol (a good handshake)
+        and the federation's model (a round answered ``ok``).
+        """
+        issue_id = f"node_incompatible_{cause}"
+        if detail is None:
+            ir.async_delete_issue(self._hass, DOMAIN, issue_id)
+            return
+        ir.async_create_issue(
+            self._hass,
+            DOMAIN,
+            issue_id,
+            is_fixable=False,
+            severity=ir.IssueSeverity.ERROR,
+            translation_key="node_incompatible",
+            translation_placeholders={"detail": detail},
+        )
+
+    @callback
+    def async_node_unreachable(self, address: str | None) -> None:
+        """Raise the repair for a node unreachable for a while (at ``address``), or clear it."""
+        if address is None:
+            ir.async_delete_issue(self._hass, DOMAIN, "node_unreachable")
+            return
+        ir.async_create_issue(
+            self._hass,
+            DOMAIN,
+            "node_unreachable",
+            is_fixable=False,
+            severity=ir.IssueSeverity.WARNING,
+            translation_key="node_unreachable",
+            translation_placeholders={"address": address},
+        )
 
 
 @callback

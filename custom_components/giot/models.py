@@ -12,22 +12,35 @@ from homeassistant.config_entries import ConfigEntry
 from giot_engine.hub_detector import Description
 from giot_engine.records import Severity
 
-from .const import CONF_NODE_HOST, CONF_NODE_PORT, AlertType
+from .const import (
+    CONF_NODE_HOST,
+    CONF_NODE_PORT,
+    CONF_NODE_TOKEN,
+    MODEL_ORIGIN_LOCAL,
+    AlertType,
+    FederationStatus,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class NodeAddress:
-    """Where the GIoT node (the Flower SuperNode beside Home Assistant) listens."""
+    """Where the GIoT node (the Flower SuperNode beside Home Assistant) listens.
+
+    ``token`` is the pairing token; an entry made before pairing existed has none (its link
+    asks for one with a reauthentication flow).
+    """
 
     host: str
     port: int
+    token: str = field(default="", repr=False)
 
 
 def node_from_entry(entry: ConfigEntry) -> NodeAddress | None:
     """Read the entry's node address: without one, detection still runs locally."""
     host = entry.data.get(CONF_NODE_HOST)
     port = entry.data.get(CONF_NODE_PORT)
-    return NodeAddress(host, int(port)) if host and port else None
+    token = str(entry.data.get(CONF_NODE_TOKEN, ""))
+    return NodeAddress(host, int(port), token) if host and port else None
 
 
 @dataclass(slots=True)
@@ -101,15 +114,29 @@ class WatchedDevice:
 class HubState:
     """Hub-level state shown by the hub entities and kept across restarts.
 
-    ``federation_round`` is a placeholder filled in once the node link (the federation issue)
-    exists; until then it stays None and the status says why nothing happens. ``last_data`` is
-    when a batch was last scored: the no-data repair counts from it, across restarts too.
+    ``last_data`` is when a batch was last scored: the no-data repair counts from it, across
+    restarts too.
+
+    Federation: ``federation_round`` is the round of the last task this hub answered ``ok``, at
+    ``last_participation``; ``bytes_up`` / ``bytes_down`` are the frames of the last round (task
+    and result) and the ``*_total`` ones every frame over the link since pairing.
+    ``model_origin`` says where the scoring model came from ("local", "global round N").
+    ``federation_status`` is the node link's own state (``FederationStatus``; the coordinator
+    puts the user's choices before it) and ``federation_training`` whether a round's task runs.
     """
 
     model_version: str = ""
+    model_origin: str = MODEL_ORIGIN_LOCAL
     last_training: datetime | None = None
     federation_round: int | None = None
     federation_paused: bool = False
     away_mode: bool = False
     training: bool = False
     last_data: datetime | None = None
+    last_participation: datetime | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+    bytes_up_total: int = 0
+    bytes_down_total: int = 0
+    federation_status: FederationStatus = FederationStatus.NOT_PAIRED
+    federation_training: bool = False

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, override
 
 from homeassistant.components.sensor import (
@@ -11,7 +12,7 @@ from homeassistant.components.sensor import (
     SensorEntityDescription,
     SensorStateClass,
 )
-from homeassistant.const import EntityCategory
+from homeassistant.const import EntityCategory, UnitOfInformation
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.util import dt as dt_util
@@ -82,6 +83,12 @@ HUB_SENSORS = (
         attributes_fn=_model_attributes,
     ),
     GIoTHubSensorEntityDescription(
+        key="model_origin",
+        translation_key="model_origin",
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=lambda coordinator: coordinator.hub.model_origin,
+    ),
+    GIoTHubSensorEntityDescription(
         key="last_training",
         translation_key="last_training",
         device_class=SensorDeviceClass.TIMESTAMP,
@@ -93,6 +100,30 @@ HUB_SENSORS = (
         translation_key="federation_round",
         entity_category=EntityCategory.DIAGNOSTIC,
         value_fn=lambda coordinator: coordinator.hub.federation_round,
+    ),
+    GIoTHubSensorEntityDescription(
+        key="last_participation",
+        translation_key="last_participation",
+        device_class=SensorDeviceClass.TIMESTAMP,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=lambda coordinator: coordinator.hub.last_participation,
+    ),
+    *(
+        GIoTHubSensorEntityDescription(
+            key=key,
+            translation_key=key,
+            device_class=SensorDeviceClass.DATA_SIZE,
+            native_unit_of_measurement=UnitOfInformation.BYTES,
+            suggested_unit_of_measurement=UnitOfInformation.KIBIBYTES,
+            suggested_display_precision=1,
+            state_class=SensorStateClass.TOTAL_INCREASING
+            if key.endswith("_total")
+            else SensorStateClass.MEASUREMENT,
+            entity_category=EntityCategory.DIAGNOSTIC,
+            value_fn=attrgetter(f"hub.{key}"),
+        )
+        # the last round's frames, and every frame over the link
+        for key in ("bytes_up", "bytes_down", "bytes_up_total", "bytes_down_total")
     ),
     GIoTHubSensorEntityDescription(
         key="federation_status",
@@ -124,7 +155,7 @@ async def async_setup_entry(
 
 
 class GIoTHubSensor(GIoTHubEntity, SensorEntity):
-    """A hub sensor (model, training, federation placeholders until the node link exists)."""
+    """A hub sensor: the model, its training, federated rounds and the node link."""
 
     entity_description: GIoTHubSensorEntityDescription
 

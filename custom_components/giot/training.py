@@ -22,7 +22,7 @@ from homeassistant.util import dt as dt_util
 from giot_engine.detector_process import DetectorError
 from giot_engine.model_manager import N_POSITIONS, TrainResult
 
-from .const import DOMAIN, LOGGER
+from .const import DOMAIN, LOGGER, MODEL_ORIGIN_LOCAL
 from .detector_runner import DetectorRunner
 from .models import HubState
 from .store import WindowStore
@@ -63,6 +63,11 @@ class LocalTraining:
         self._failed = failed
         self._lock = asyncio.Lock()
         self._collected = -math.inf
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while the model trains, locally or for a federated round (one at a time)."""
+        return self._lock
 
     @callback
     def async_start_schedule(self) -> CALLBACK_TYPE:
@@ -112,6 +117,14 @@ class LocalTraining:
         parts = normal + feedback * FEEDBACK_REPEAT
         return np.concatenate(parts) if parts else np.zeros((0, N_POSITIONS), np.int32)
 
+    async def async_training_windows(self) -> np.ndarray:
+        """Collect the detector's new windows, then copy all of them (``training_windows``).
+
+        Megabytes of windows: copied together off the event loop.
+        """
+        await self.async_collect()
+        return await self._hass.async_add_executor_job(self.training_windows)
+
     def new_windows(self) -> int:
         """Windows stored since the last local training."""
         last = self._hub.last_training
@@ -127,9 +140,7 @@ class LocalTraining:
         failed write keeps the previous model, raises the storage repair and the error.
         """
         async with self._lock:
-            await self.async_collect()
-            # megabytes of windows: copied together off the event loop
-            windows = await self._hass.async_add_executor_job(self.training_windows)
+            windows = await self.async_training_windows()
             if len(windows) == 0:
                 return None
             self._hub.training = True
@@ -149,6 +160,7 @@ class LocalTraining:
                 self._hub.training = False
             LOGGER.debug("Local training: %s", result)
             self._hub.model_version = result.version
+            self._hub.model_origin = MODEL_ORIGIN_LOCAL
             self._hub.last_training = dt_util.utcnow()
             self._trained()
             await self._changed()

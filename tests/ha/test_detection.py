@@ -24,7 +24,7 @@ from pytest_homeassistant_custom_component.common import (
     async_mock_service,
 )
 
-from custom_components.giot.const import ALARM_HOLD
+from custom_components.giot.const import ALARM_HOLD, FederationStatus
 from custom_components.giot.coordinator import GIoTCoordinator
 from custom_components.giot.models import NodeAddress
 from giot_engine.hub_detector import InProcessDetector
@@ -377,11 +377,14 @@ async def test_federation_status_follows_options_and_switch(
     hass: HomeAssistant,
     camera_entry_options: Callable[..., Coroutine[Any, Any, MockConfigEntry]],
 ) -> None:
-    """Disabled in the options, paused by the switch, idle with a node."""
+    """Disabled in the options, not paired without a node, paused by the switch, else the link."""
     entry = await camera_entry_options(federation=False)
     assert hass.states.get("sensor.giot_federation_status").state == "disabled"
     coordinator: GIoTCoordinator = entry.runtime_data.coordinator
     coordinator.federation_enabled = True
+    coordinator.async_update_listeners()
+    assert hass.states.get("sensor.giot_federation_status").state == "not_paired"
+    coordinator.node = NodeAddress("192.0.2.10", 9093)
     await hass.services.async_call(
         "switch", "turn_on", {"entity_id": "switch.giot_pause_federated_training"}, blocking=True
     )
@@ -389,9 +392,13 @@ async def test_federation_status_follows_options_and_switch(
     await hass.services.async_call(
         "switch", "turn_off", {"entity_id": "switch.giot_pause_federated_training"}, blocking=True
     )
-    coordinator.node = NodeAddress("192.0.2.10", 9093)
+    coordinator.hub.federation_status = FederationStatus.CONNECTED
+    coordinator.hub.federation_training = True
     coordinator.async_update_listeners()
-    assert hass.states.get("sensor.giot_federation_status").state == "idle"
+    assert hass.states.get("sensor.giot_federation_status").state == "training"
+    coordinator.hub.federation_training = False
+    coordinator.async_update_listeners()
+    assert hass.states.get("sensor.giot_federation_status").state == "connected"
 
 
 async def test_backlog_is_bounded(hass: HomeAssistant, coordinator: GIoTCoordinator) -> None:
