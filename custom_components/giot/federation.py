@@ -31,9 +31,8 @@ from .issues import HealthIssues
 from .models import HubState
 from .training import LocalTraining
 
-# What a paused hub (the switch, or federation off in the options) answers. node_protocol has
-# no "paused" reason; "untrusted_app" (a run the homeowner did not allow) is the nearest.
-PAUSED_REASON = "untrusted_app"
+# What a paused hub (the switch, or federation off in the options) answers.
+PAUSED_REASON = "paused"
 # Refusals that say the federation's model does not fit this hub: a repair, not just a log.
 MODEL_REFUSALS = frozenset({"incompatible_model", "invalid_model"})
 

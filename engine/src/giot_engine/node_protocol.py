@@ -82,6 +82,7 @@ REASONS = (
     "deadline",  # no answer within the round's deadline
     "no_hub",  # the node has no paired Home Assistant connected
     "untrusted_app",  # a run of an app the homeowner did not allow
+    "paused",  # the homeowner paused federation (or turned it off) in Home Assistant
     "failed",  # the hub tried and failed (the detail says why)
 )
 
