@@ -77,7 +77,7 @@ def build_strategy(cfg: RunConfig) -> Strategy:
         kwargs["proximal_mu"] = cfg.proximal_mu
     if name == "fedadam":
         kwargs["eta"] = cfg.server_lr
-    strategy = make_baseline(name, limits, **kwargs)
+    strategy = make_baseline(name, limits, cfg.checkpoint_dir or None, **kwargs)
     assert isinstance(strategy, Strategy)
     return strategy
 

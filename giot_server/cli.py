@@ -5,12 +5,15 @@
     giot-server revoke PUBLIC_KEY|FINGERPRINT            stop it joining (unregistered at once)
     giot-server status                                   certificates, keys, the running server
     giot-server [run] [--host H] [--port P] [--run-config 'k=v ...'] [--insecure]
+    giot-server status-page [--checkpoint-dir DIR]       the status page alone (a finished run)
 
 ``run`` (the default) starts a Flower SuperLink with TLS and SuperNode authentication, runs the
 GSFS ServerApp through ``flwr run`` until its last round, keeps checkpoints, advertises itself with
 zeroconf (``_giot-server._tcp.local.``, when python-zeroconf is installed and the host is not
-loopback) and stops everything it started on SIGINT/SIGTERM. All state lives in ``--home``
-(default ``$GIOT_SERVER_HOME`` or ``~/.local/share/giot-server``).
+loopback), serves a read-only status page (rounds, nodes, bytes, latency, metrics, DP epsilon) on
+http://127.0.0.1:9094/ (``--status-host``/``--status-port``; any address but loopback needs
+``--status-password-file``) and stops everything it started on SIGINT/SIGTERM. All state lives in
+``--home`` (default ``$GIOT_SERVER_HOME`` or ``~/.local/share/giot-server``).
 
 A home node joins with ``flower-supernode --superlink HOST:PORT --root-certificates ca.pem
 --auth-supernode-private-key KEY`` where KEY is an EC (NIST P-256/P-384) private key in OpenSSH
@@ -23,14 +26,25 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from giot_server import certs
 from giot_server.enrolment import Enrolment, InvalidKeyError, load_key_arg
 from giot_server.server import Home, Options, Server, ServerError, control_for, default_home
+from giot_server.status_page import (
+    DEFAULT_PORT,
+    StatusConfig,
+    StatusPageError,
+    check_binding,
+    is_loopback,
+    read_password,
+    serve_forever,
+    tls_context,
+)
 
 log = logging.getLogger("giot_server")
-COMMANDS = ("run", "init", "enrol", "revoke", "status")
+COMMANDS = ("run", "init", "enrol", "revoke", "status", "status-page")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,8 +57,22 @@ def _parser() -> argparse.ArgumentParser:
         prog="giot-server", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
+    page = argparse.ArgumentParser(add_help=False)
+    page.add_argument(
+        "--status-host",
+        default="127.0.0.1",
+        help="status page address (other than loopback: only with --status-password-file)",
+    )
+    page.add_argument("--status-port", type=int, default=DEFAULT_PORT, help="status page port")
+    page.add_argument(
+        "--status-password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="HTTP Basic password (first line; any user name) for the status page",
+    )
 
-    run = sub.add_parser("run", parents=[common], help="run the server (default)")
+    run = sub.add_parser("run", parents=[common, page], help="run the server (default)")
     run.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: LAN)")
     run.add_argument("--port", type=int, default=8000, help="SuperLink port (Fleet+Control)")
     run.add_argument(
@@ -59,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run-config overrides for flwr run (repeatable), e.g. 'num-server-rounds=10'",
     )
     run.add_argument("--no-advertise", action="store_true", help="no zeroconf advertisement")
+    run.add_argument("--no-status-page", action="store_true", help="no status page")
     run.add_argument("--ready-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
 
     init = sub.add_parser("init", parents=[common], help="create the CA and server certificate")
@@ -79,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("public_key", help="key file, key text, SHA256 fingerprint or id")
 
     sub.add_parser("status", parents=[common], help="show the server's state")
+
+    alone = sub.add_parser(
+        "status-page", parents=[common, page], help="serve the status page of a checkpoint dir"
+    )
+    alone.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where rounds.jsonl is (default: HOME/checkpoints)",
+    )
     return parser
 
 
@@ -90,29 +129,59 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(args_in)
     home = Home((args.home or default_home()).expanduser().resolve())
     _logging(home, args.verbose, to_file=args.cmd == "run")
+    commands: dict[str, Callable[[], int]] = {
+        "init": lambda: _init(home, args.san, args.force),
+        "enrol": lambda: _enrol(home, args.public_key, args.name),
+        "revoke": lambda: _revoke(home, args.public_key),
+        "status": lambda: _status(home),
+        "status-page": lambda: _status_page(args, home),
+        "run": lambda: _run(args, home),
+    }
     try:
-        if args.cmd == "init":
-            return _init(home, args.san, args.force)
-        if args.cmd == "enrol":
-            return _enrol(home, args.public_key, args.name)
-        if args.cmd == "revoke":
-            return _revoke(home, args.public_key)
-        if args.cmd == "status":
-            return _status(home)
-        opts = Options(
-            home=home.root,
-            host=args.host,
-            port=args.port,
-            insecure=args.insecure,
-            app=args.app,
-            run_config=args.run_config,
-            advertise=not args.no_advertise,
-            ready_timeout=args.ready_timeout,
-        )
-        return Server(opts).run()
-    except ServerError as err:
+        return commands[args.cmd]()
+    except (ServerError, StatusPageError) as err:
         log.error("%s", err)
         return 2
+
+
+def _run(args: argparse.Namespace, home: Home) -> int:
+    opts = Options(
+        home=home.root,
+        host=args.host,
+        port=args.port,
+        insecure=args.insecure,
+        app=args.app,
+        run_config=args.run_config,
+        advertise=not args.no_advertise,
+        ready_timeout=args.ready_timeout,
+        status=None if args.no_status_page else _status_config(args, home, home.checkpoints),
+    )
+    return Server(opts).run()
+
+
+def _status_page(args: argparse.Namespace, home: Home) -> int:
+    checkpoints = (args.checkpoint_dir or home.checkpoints).expanduser().resolve()
+    serve_forever(_status_config(args, home, checkpoints))
+    return 0
+
+
+def _status_config(args: argparse.Namespace, home: Home, checkpoints: Path) -> StatusConfig:
+    """Build the status page's settings: off loopback, a password is a must and TLS if possible."""
+    password = None
+    if args.status_password_file is not None:
+        password = read_password(args.status_password_file.expanduser())
+    check_binding(args.status_host, password)
+    tls = None
+    if not is_loopback(args.status_host):
+        if home.certs.complete():
+            tls = tls_context(home.certs.server_cert, home.certs.server_key)
+        else:
+            log.warning(
+                "status page on %s over plain HTTP: its password travels in clear text "
+                "(`giot-server init` makes the certificate it would use for HTTPS)",
+                args.status_host,
+            )
+    return StatusConfig(checkpoints, args.status_host, args.status_port, password, tls)
 
 
 def _logging(home: Home, verbose: bool, to_file: bool) -> None:

@@ -6,6 +6,7 @@ Everything lives under the server's home (``HOME``)::
     enrolled/*.pub                         SuperNode public keys (giot-server enrol / revoke)
     superlink.db                           the SuperLink's state (node registrations, runs)
     checkpoints/round-NNNNNN.npz           the ServerApp's checkpoints (run-config checkpoint-dir)
+    checkpoints/rounds.jsonl               one line per round (read by the status page)
     logs/                                  giot-server.log, superlink.log, run.log
     flwr/                                  FLWR_HOME of every Flower process of this server
     app/                                   the app as staged for ``flwr run`` (rewritten per run)
@@ -42,6 +43,7 @@ from giot_server.app import find_project, stage_app
 from giot_server.certs import CertPaths, server_names
 from giot_server.control import Control
 from giot_server.enrolment import Enrolment
+from giot_server.status_page import StatusConfig, StatusServer
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ class Options:
     run_config: list[str] = field(default_factory=list)
     advertise: bool = True
     ready_timeout: float = 60.0
+    status: StatusConfig | None = None  # the status page; None: none
 
 
 def _toml_str(value: str) -> str:
@@ -142,6 +145,7 @@ class Server:
         self.superlink: subprocess.Popen[bytes] | None = None
         self.flwr_run: subprocess.Popen[bytes] | None = None
         self.advertiser: Advertiser | None = None
+        self.status_page: StatusServer | None = None
         self.tree: set[int] = set()
         self._pump: threading.Thread | None = None
 
@@ -304,6 +308,9 @@ class Server:
         if self.advertiser is not None:
             self.advertiser.close()
             self.advertiser = None
+        if self.status_page is not None:
+            self.status_page.stop()
+            self.status_page = None
         self.home.state.unlink(missing_ok=True)
 
     # -- the whole run ------------------------------------------------------------------------
@@ -318,15 +325,14 @@ class Server:
         for sig in previous:
             signal.signal(sig, _raise_stopped)
         try:
+            self.start_status_page()
             self.write_connection()
             self.start_superlink()
             self.wait_ready()
-            self.home.state.write_text(
-                json.dumps(
-                    {"pid": os.getpid(), "address": self.address, "insecure": self.opts.insecure}
-                ),
-                "utf-8",
-            )
+            state = {"pid": os.getpid(), "address": self.address, "insecure": self.opts.insecure}
+            if self.status_page is not None:
+                state["status-page"] = self.status_page.cfg.url
+            self.home.state.write_text(json.dumps(state), "utf-8")
             log.info(
                 "SuperLink ready on %s:%d (home %s)", self.opts.host, self.opts.port, self.home.root
             )
@@ -348,6 +354,18 @@ class Server:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+
+    def start_status_page(self) -> None:
+        """Serve the status page; a port in use costs the page, not the federation."""
+        if self.opts.status is None:
+            return
+        page = StatusServer(self.opts.status)
+        try:
+            page.start()
+        except OSError as err:
+            log.warning("no status page: %s:%d: %s", page.cfg.host, page.cfg.port, err)
+            return
+        self.status_page = page
 
     def _txt(self) -> dict[str, str]:
         from flwr import __version__ as flwr_version  # noqa: PLC0415

@@ -22,7 +22,9 @@ One round (``start`` drives it; ``configure_train`` / ``aggregate_train`` are us
   (measured: eta 2 oscillated between rounds); eta 1 with a short bias-corrected momentum
   averages the halves of the population that rotation asks in turn;
 - sense: round-trip time per reply as the server saw it, bytes moved, misses, reported compute;
-- checkpoint: everything needed to continue identically after a restart (``fl_server.checkpoint``).
+- checkpoint: everything needed to continue identically after a restart (``fl_server.checkpoint``);
+  before it, one line of what the round did goes to ``rounds.jsonl`` beside the checkpoints
+  (``fl_server.history``, read by ``giot-server``'s status page).
 
 Reply contract (ClientApp side in ``fl_server.client_app``): one ArrayRecord ``"arrays"`` with the
 payload (packed by ``gsfs_codec.pack`` into five arrays, or per tensor as ``gsfs_codec.encode``
@@ -56,6 +58,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fl_server.checkpoint import Checkpoint, load_latest, prefixed, save_checkpoint, unprefixed
+from fl_server.history import RoundRecorder, plain_metrics
 from fl_server.strategy.aggregate import F32, ServerAdam, SparseMean, aggregate_sparse
 from fl_server.strategy.downlink import DownlinkTracker
 from fl_server.strategy.sensing import ConditionSensor, PlannerConfig
@@ -154,6 +157,8 @@ class GSFS(Strategy):
         self.last_delta: dict[str, F32] = {}
         self.last_asked: dict[int, int] = {}
         self.fedcs_skips: dict[int, int] = {}
+        self.recorder = RoundRecorder(self.checkpoint_dir, "gsfs")
+        self._online: list[int] = []
 
     # -- Strategy API -----------------------------------------------------------------------
     def summary(self) -> None:
@@ -167,6 +172,7 @@ class GSFS(Strategy):
             time.sleep(0.5)
             waited += 0.5
         self._population = max(self._population, len(nodes))
+        self._online = nodes
         k = min(len(nodes), max(minimum, int(len(nodes) * fraction)))
         rng = np.random.default_rng([self.cfg.seed, server_round])
         # Choose positions, not ids: node ids are uint64 and would not survive a numpy array.
@@ -187,6 +193,7 @@ class GSFS(Strategy):
             time.sleep(0.5)
             waited += 0.5
         self._population = max(self._population, len(nodes))
+        self._online = nodes
         k = min(len(nodes), max(wanted, math.ceil(len(nodes) * self.cfg.fraction_train)))
         tie = np.random.default_rng([self.cfg.seed, server_round]).random(len(nodes))
         order = sorted(range(len(nodes)), key=lambda i: (self.last_asked.get(nodes[i], 0), tie[i]))
@@ -197,6 +204,7 @@ class GSFS(Strategy):
     ) -> Iterable[Message]:
         """Select and plan each node's round and build its message (partial downlink)."""
         self.global_arrays = {k: np.asarray(a.numpy(), np.float32) for k, a in arrays.items()}
+        self.recorder.begin(server_round)
         nodes = self._select(grid, server_round)
         self._sent = {}
         messages: list[Message] = []
@@ -251,6 +259,14 @@ class GSFS(Strategy):
             messages.append(msg)
             self._sent[node] = _Sent(time.monotonic(), down, plan.steps, plan.budget, new_state)
         self.downlink.collect()
+        online = set(self._online)
+        self.recorder.set(
+            available=len(online),
+            nodes_seen=len(online | set(self.last_asked) | set(self.fedcs_skips)),
+            asked=len(self._sent),
+            skipped=len(online - set(self._sent)),
+            deadline_s=self.deadline_s,
+        )
         LOG.info(
             "configure_train: round %d, %d nodes, deadline %.1fs",
             server_round,
@@ -292,6 +308,10 @@ class GSFS(Strategy):
                 clip = 2.0 * peak if peak > 0 else self.cfg.shared_clip
                 self.shared_scales[n] = gsfs_codec.shared_scales({n: clip})[n]
 
+    def _reject(self, node: int, reason: str) -> None:
+        log_rejection(node, reason)
+        self.recorder.refuse(reason)
+
     def _accept(
         self, msg: Message, shapes: Mapping[str, tuple[int, ...]]
     ) -> tuple[Sparse, float] | None:
@@ -299,13 +319,13 @@ class GSFS(Strategy):
         node = msg.metadata.src_node_id
         sent = self._sent.get(node)
         if msg.has_error():
-            log_rejection(node, f"error reply: {msg.error.reason}")
+            self._reject(node, f"error reply: {msg.error.reason}")
             self.sensor.observe_miss(node)
             self.downlink.forget(node)
             return None
         content = msg.content
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            log_rejection(node, "expected one ArrayRecord and one MetricRecord")
+            self._reject(node, "expected one ArrayRecord and one MetricRecord")
             self.downlink.forget(node)
             return None
         metrics = next(iter(content.metric_records.values()))
@@ -315,7 +335,7 @@ class GSFS(Strategy):
             if "gsfs.head" in payload and not self.cfg.shared_index:
                 payload = gsfs_codec.unpack(payload, shapes)  # packed wire form, same content
         except (TypeError, ValueError) as err:
-            log_rejection(node, f"undecodable arrays: {err}")
+            self._reject(node, f"undecodable arrays: {err}")
             self.downlink.forget(node)
             return None
         state = metrics.get("state-id", -1)
@@ -332,7 +352,7 @@ class GSFS(Strategy):
                 sent.downlink_bytes + _nbytes(record),
             )
         if metrics.get("downlink-ok", 1) == 0:
-            log_rejection(node, "node did not hold the expected base copy; full model next round")
+            self._reject(node, "node did not hold the expected base copy; full model next round")
             return None
         weight = metrics.get("num-examples")
         why = check_num_examples(weight, self.cfg.limits)
@@ -347,7 +367,7 @@ class GSFS(Strategy):
         elif why is None:
             sparse, why = validate_sparse(payload, shapes, self.cfg.limits)
         if why is not None or sparse is None:
-            log_rejection(node, why or "invalid")
+            self._reject(node, why or "invalid")
             return None
         return sparse, float(cast(float, weight))
 
@@ -415,6 +435,19 @@ class GSFS(Strategy):
             if self.dp is not None:
                 metrics["dp-epsilon"] = self.dp.spent().epsilon
         self.history.append({"round": server_round, **dict(metrics.items())})
+        dp_on = self.cfg.dp_noise_multiplier > 0
+        self.recorder.set(
+            replied=len(replies),
+            accepted=len(accepted),
+            missed=len(missed),
+            bytes_up=up,
+            bytes_down=metrics["downlink-bytes"],
+            train_loss=metrics.get("train-loss"),
+            dp_epsilon=metrics.get("dp-epsilon", 0.0) if dp_on else None,
+            dp_delta=self.cfg.dp_delta if dp_on else None,
+            model_version=sum(1 for h in self.history if h["accepted"]),  # updates applied
+            train_s=self.recorder.elapsed(),
+        )
         return new_arrays, metrics
 
     def _combine(
@@ -472,7 +505,9 @@ class GSFS(Strategy):
             m = next(iter(msg.content.metric_records.values()))
             if check_num_examples(m.get("num-examples"), self.cfg.limits) is None:
                 good.append(msg.content)
-        return aggregate_metricrecords(good, "num-examples") if good else None
+        result = aggregate_metricrecords(good, "num-examples") if good else None
+        self.recorder.set(eval_clients=plain_metrics(result))
+        return result
 
     # -- Round loop ---------------------------------------------------------------------------
     def _send_timed(self, grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
@@ -586,6 +621,8 @@ class GSFS(Strategy):
                     result.evaluate_metrics_clientapp[rnd] = ev
             if evaluate_fn is not None and (res := evaluate_fn(rnd, arrays)) is not None:
                 result.evaluate_metrics_serverapp[rnd] = res
+                self.recorder.set(eval_server=plain_metrics(res))
+            self.recorder.finish(arrays)  # before the checkpoint: a re-run round only repeats it
             if self.checkpoint_dir:
                 save_checkpoint(self.checkpoint_dir, self.state_checkpoint(rnd))
         for line in io.StringIO(str(result)):
