@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from giot_engine.model_manager import N_EMBD, N_HEAD, N_LAYER, N_POSITIONS
+from giot_engine.tokenizer import Vocabulary
 from giot_server import procs
 from giot_server.advertise import Advertiser, advertise
 from giot_server.app import find_project, stage_app
@@ -50,6 +52,23 @@ log = logging.getLogger(__name__)
 BIN = Path(sys.executable).parent  # the server venv: flwr, flower-superlink, flwr-serverapp ...
 CONNECTION = "giot-server"
 WILDCARD = {"0.0.0.0", "::", ""}
+
+
+def hub_model_run_config() -> list[str]:
+    """Return the model Home Assistant hubs run, as run-config overrides.
+
+    ``[tool.flwr.app.config]`` defaults to a tiny model so that simulations take seconds; the
+    hubs refuse a global model of any other shape ("incompatible_model"), so a real federation
+    runs theirs.
+    """
+    model = {
+        "vocab-size": len(Vocabulary.default().tokens),
+        "n-positions": N_POSITIONS,
+        "n-embd": N_EMBD,
+        "n-layer": N_LAYER,
+        "n-head": N_HEAD,
+    }
+    return [f"{key}={value}" for key, value in model.items()]
 
 
 class ServerError(RuntimeError):
@@ -271,7 +290,11 @@ class Server:
         staged = self.home.root / "app"
         shutil.rmtree(staged, ignore_errors=True)
         stage_app(app, staged)
-        config = [f"checkpoint-dir={_toml_str(str(self.home.checkpoints))}", *self.opts.run_config]
+        config = [
+            f"checkpoint-dir={_toml_str(str(self.home.checkpoints))}",
+            *hub_model_run_config(),
+            *self.opts.run_config,  # later keys win: a run may still choose another model
+        ]
         cmd = [str(BIN / "flwr"), "run", str(staged), CONNECTION, "--stream"]
         cmd += ["--run-config", " ".join(config)]
         log.info("starting %s", " ".join(cmd))

@@ -127,8 +127,28 @@ class ValidatedMixin:
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Flower's weighted mean, noted in the round's line."""
-        result: MetricRecord | None = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        """Flower's weighted mean of the sane replies, noted in the round's line.
+
+        A hub that skipped (no data, busy, deadline) answers ``num-examples`` 0 and no more;
+        Flower's own check would take the differing replies for an inconsistent round and stop
+        the run, so they are dropped here as GSFS drops them.
+        """
+        kept: list[Message] = []
+        for reply in replies:
+            if reply.has_error():
+                kept.append(reply)
+                continue
+            metrics = list(reply.content.metric_records.values())
+            why = (
+                "expected one MetricRecord"
+                if len(metrics) != 1
+                else check_num_examples(metrics[0].get("num-examples"), self.limits)
+            )
+            if why is not None:
+                log_rejection(reply.metadata.src_node_id, why)
+                continue
+            kept.append(reply)
+        result: MetricRecord | None = super().aggregate_evaluate(server_round, kept)  # type: ignore[misc]
         self.recorder.set(eval_clients=plain_metrics(result))
         return result
 
@@ -138,32 +158,6 @@ def _nbytes(msg: Message) -> int:
     if msg.has_error():
         return 0
     return sum(len(a.data) for r in msg.content.array_records.values() for a in r.values())
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Aggregate only evaluation replies with one MetricRecord and a sane ``num-examples``.
-
-        A hub that skipped (no data, busy, deadline) answers ``num-examples`` 0 and no more;
-        Flower's own check would take the differing replies for an inconsistent round and stop
-        the run, so they are dropped here as GSFS drops them.
-        """
-        kept: list[Message] = []
-        for msg in replies:
-            if msg.has_error():
-                kept.append(msg)
-                continue
-            metrics = list(msg.content.metric_records.values())
-            why = (
-                "expected one MetricRecord"
-                if len(metrics) != 1
-                else check_num_examples(metrics[0].get("num-examples"), self.limits)
-            )
-            if why is not None:
-                log_rejection(msg.metadata.src_node_id, why)
-                continue
-            kept.append(msg)
-        return super().aggregate_evaluate(server_round, kept)  # type: ignore[misc,no-any-return]
 
 
 class ValidatedFedAvg(ValidatedMixin, FedAvg):

@@ -255,3 +255,19 @@ def test_tls_run_trains_the_enrolled_node_and_refuses_a_revoked_one(
     assert [h["accepted"] for h in last.meta["history"]] == [1, 1], why
     assert _flwr_pids(home) == [], _cmdlines(_flwr_pids(home))
     assert not (home / "server.json").exists()
+
+
+def test_a_real_run_federates_the_model_home_assistant_runs() -> None:
+    """The global model of ``giot-server run`` has exactly the shapes a hub accepts."""
+    from fl_server.client_app import model_config
+    from fl_server.run_config import RunConfig
+    from giot_engine.model import GIoTModel
+    from giot_engine.model_manager import ModelManager
+    from giot_engine.tokenizer import Vocabulary
+    from giot_server.server import hub_model_run_config
+
+    overrides = dict(item.split("=", 1) for item in hub_model_run_config())
+    cfg = RunConfig.load({k: int(v) for k, v in overrides.items()})
+    server = GIoTModel.init(model_config(cfg), seed=0).params
+    hub = ModelManager(None, Vocabulary.default()).model.params
+    assert {k: v.shape for k, v in server.items()} == {k: v.shape for k, v in hub.items()}
