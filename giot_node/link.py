@@ -270,6 +270,14 @@ class Link:
         else:
             future: asyncio.Future[proto.Frame] = asyncio.get_running_loop().create_future()
             self.pending[task_id] = (hub, future)
+            log.info(
+                "%s task %s (run %d, round %d) sent to hub %r",
+                task.body["kind"],
+                task_id,
+                task.body["run_id"],
+                task.body["round"],
+                hub.name,
+            )
             try:
                 await hub.ws.send_bytes(raw)
                 result = await asyncio.wait_for(future, deadline)

@@ -60,11 +60,19 @@ class RealHass:
 
 
 @contextmanager
-def run_real_hass(config: Path, startup_timeout: float = 240.0) -> Iterator[RealHass]:
-    """Start hass with the development configuration in `config`; stop it on exit."""
+def run_real_hass(
+    config: Path, startup_timeout: float = 240.0, extra_yaml: str = ""
+) -> Iterator[RealHass]:
+    """Start hass with the development configuration in `config`; stop it on exit.
+
+    `extra_yaml` is appended to the configuration; a `config` that exists already (a restart)
+    keeps its storage, as a restarted Home Assistant does.
+    """
     config.mkdir(parents=True, exist_ok=True)
-    (config / "configuration.yaml").write_text((ROOT / "config" / "configuration.yaml").read_text())
-    (config / "custom_components").symlink_to(ROOT / "custom_components")
+    yaml = (ROOT / "config" / "configuration.yaml").read_text()
+    (config / "configuration.yaml").write_text(yaml + extra_yaml)
+    if not (config / "custom_components").exists():
+        (config / "custom_components").symlink_to(ROOT / "custom_components")
     port = _free_port()
     env = {
         **os.environ,
