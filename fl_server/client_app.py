@@ -9,8 +9,9 @@ Baseline rounds (Flower's FedAvg / FedAdam / FedProx): train from the full globa
 answer with the full local weights, as those strategies expect (FedProx adds its proximal term
 ``mu/2 ||w - w_global||^2`` to the local loss).
 
-The same model code runs inside Home Assistant; here the node is a Flower SuperNode (or a virtual
-one in simulation) and its data come from ``fl_server.data.load_partition``.
+The round itself is ``giot_engine.federated.gsfs_client_round``, which the home hubs run inside
+Home Assistant too; here the node is a Flower SuperNode (or a virtual one in simulation), its data
+come from ``fl_server.data.load_partition`` and its state lives in the Flower context.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from flwr.clientapp import ClientApp
 
 from fl_server.data import Windows, load_partition
 from fl_server.run_config import RunConfig
-from giot_engine import gsfs_codec
+from giot_engine import federated
+from giot_engine.federated import Trained, gsfs_client_round
 from giot_engine.model import GIoTConfig, GIoTModel
 from giot_engine.tokenizer import PAD_ID
 from giot_engine.train import AdamW, train_windows
@@ -115,9 +117,9 @@ def examples_processed(cfg: RunConfig, windows: Windows, steps: int) -> int:
 
 
 def train_flops(cfg: RunConfig, params: Mapping[str, np.ndarray], steps: int, width: int) -> float:
-    """Work of ``steps`` training steps: 6 FLOPs per parameter per processed token (Kaplan 2020)."""
+    """Work of ``steps`` training steps (``giot_engine.federated.train_flops``)."""
     n = sum(int(v.size) for v in params.values())
-    return 6.0 * n * steps * cfg.batch_size * width
+    return federated.train_flops(n, steps, cfg.batch_size, width)
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -166,53 +168,37 @@ def _num(record: Mapping[str, Any], key: str, default: float) -> float:
 
 
 def train_gsfs(msg: Message, context: Context, cfg: RunConfig, windows: Windows) -> Message:
-    """Run one GSFS round on this node (see module docstring)."""
+    """Run one GSFS round on this node (``giot_engine.federated.gsfs_client_round``)."""
     conf = msg.content.config_records["config"]
     state = context.state
     held = _arrays(state.array_records["gsfs.global"]) if "gsfs.global" in state else {}
     meta = state.config_records["gsfs.meta"] if "gsfs.meta" in state else ConfigRecord()
-    held_id = int(_num(meta, "state-id", -1))
-    base, new_state = int(_num(conf, "base-state", -1)), int(_num(conf, "new-state", -1))
-    received = _arrays(msg.content.array_records["arrays"])
-    if base not in (-1, held_id):
-        return _reply(msg, {}, {"num-examples": 0, "downlink-ok": 0, "state-id": held_id})
-    held = received if base == -1 else {**held, **received}
-    t0 = time.process_time()
-    pid, _ = _partition(context)
-    steps = int(_num(conf, "local-steps", float(cfg.local_steps)))
-    server_round = int(_num(conf, "server-round", 0))
-    seed = _round_seed(cfg, server_round, pid)
-    local, loss = local_train(held, cfg, windows, steps=steps, seed=seed)
-    update = {k: local[k] - held[k] for k in held}
     residual = _arrays(state.array_records["gsfs.residual"]) if "gsfs.residual" in state else {}
-    if conf.get("gsfs-mode") == "shared":  # SecAgg-compatible: the server's index set and grid
-        shared = _arrays_raw(msg.content.array_records["shared"])
-        idx = {k[: -len(".idx")]: v for k, v in shared.items() if k.endswith(".idx")}
-        scales = {
-            k[: -len(".scale")]: float(v[0]) for k, v in shared.items() if k.endswith(".scale")
-        }
-        enc = gsfs_codec.encode_shared(update, idx, scales, residual=residual)
-    else:
-        budget = int(_num(conf, "gsfs-budget", float(cfg.gsfs_default_budget)))
-        enc = gsfs_codec.encode(update, held, budget, residual=residual)
-    compute_s = time.process_time() - t0
-    state["gsfs.global"] = ArrayRecord({k: Array(v) for k, v in held.items()})
-    state["gsfs.meta"] = ConfigRecord({"state-id": new_state})
-    state["gsfs.residual"] = ArrayRecord({k: Array(v) for k, v in enc.residual.items()})
-    metrics: dict[str, int | float] = {
-        "num-examples": examples_processed(cfg, windows, steps),
-        "train-loss": loss,
-        "compute-s": compute_s,
-        "local-steps": steps,
-        "state-id": new_state,
-        "downlink-ok": 1,
-        "payload-bytes": enc.nbytes,
-        "compute-flops": train_flops(cfg, held, steps, windows.shape[1]),
-    }
-    payload = enc.payload
-    if conf.get("gsfs-mode") != "shared":  # a few arrays instead of ~3 per tensor: less framing
-        payload = gsfs_codec.pack(payload, {k: v.shape for k, v in held.items()})
-    return _reply(msg, payload, metrics)
+    records = msg.content.array_records
+    pid, _ = _partition(context)
+
+    def train(params: Mapping[str, np.ndarray], steps: int, seed: int) -> Trained:
+        local, loss = local_train(params, cfg, windows, steps=steps, seed=seed)
+        flops = train_flops(cfg, params, steps, windows.shape[1])
+        return Trained(local, loss, steps, examples_processed(cfg, windows, steps), flops)
+
+    out = gsfs_client_round(
+        held,
+        int(_num(meta, "state-id", -1)),
+        _arrays(records["arrays"]),
+        conf,
+        train,
+        residual,
+        seed=_round_seed(cfg, int(_num(conf, "server-round", 0)), pid),
+        default_steps=cfg.local_steps,
+        default_budget=cfg.gsfs_default_budget,
+        shared=_arrays_raw(records["shared"]) if "shared" in records else None,
+    )
+    if out.downlink_ok:
+        state["gsfs.global"] = ArrayRecord({k: Array(v) for k, v in out.held.items()})
+        state["gsfs.meta"] = ConfigRecord({"state-id": out.held_id})
+        state["gsfs.residual"] = ArrayRecord({k: Array(v) for k, v in out.residual.items()})
+    return _reply(msg, out.payload, out.metrics)
 
 
 def train_dense(msg: Message, context: Context, cfg: RunConfig, windows: Windows) -> Message:

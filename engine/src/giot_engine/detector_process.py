@@ -14,11 +14,13 @@ and is the coordinator's ``HubDetector`` over two pipes:
   ``multiprocessing.connection.Connection``; a reader thread resolves the callers' futures. The
   callers are executor threads and block; the event loop never waits on the child (the two
   properties it reads are cached here).
-- The child answers in order on its main thread, except ``train``, which runs in a thread of its
-  own so that scoring goes on meanwhile (training works on copies and swaps the new weights in at
-  the end, as it did in the executor). It runs at a lower priority (background analytics must not
-  take a core from Home Assistant's loop), forwards its log records, and exits when its request
-  pipe closes: when the detector is closed, or when Home Assistant is gone.
+- The child answers in order on its main thread, except ``train`` and the federation's tasks
+  (``BACKGROUND``), which run one at a time in a thread of their own so that scoring goes on
+  meanwhile (training works on copies and swaps the new weights in at the end, as it did in the
+  executor; a federated round's arrays cross out of band like training's windows). They run at a
+  lower priority (background analytics must not take a core from Home Assistant's loop). The
+  child forwards its log records, and exits when its request pipe closes: when the detector is
+  closed, or when Home Assistant is gone.
 - Records travel in chunks of ``CHUNK``, so that pickling on either side never holds the GIL
   long (the engine's batches are cut-invariant: the verdicts are those of one batch). The
   detector's state, megabytes of it, never crosses: the child writes and reads the file itself.
@@ -46,12 +48,14 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
+from .federated import TaskAnswer
 from .gil import GilYielder, yield_gil
 from .hub_detector import (
     BatchResult,
@@ -91,6 +95,10 @@ sys.path[:] = spec["path"]
 from giot_engine.detector_process import serve
 serve(spec)
 """
+
+# Requests answered in a thread of their own, so that scoring goes on meanwhile.
+BACKGROUND = frozenset({"train", "federated_train", "federated_evaluate"})
+_T = TypeVar("_T")
 
 Message: TypeAlias = tuple[int | None, Any, Any]
 Request: TypeAlias = tuple[int, str, Any]
@@ -182,6 +190,8 @@ class _Server:
             "load_state": detector.load_state,
             "model_params": detector.model_params,
             "train": self._train,
+            "federated_train": partial(self._in_background, detector.federated_train),
+            "federated_evaluate": partial(self._in_background, detector.federated_evaluate),
             "stage": self._stage,
             "observe_batch": self._observe_batch,
             "drain_windows": self._drain_windows,
@@ -197,13 +207,13 @@ class _Server:
                 os._exit(0)
 
     def run(self, requests: Connection) -> None:
-        """Answer requests in order; ``train`` in a thread, so that scoring goes on."""
+        """Answer requests in order; ``BACKGROUND`` ones in a thread, so that scoring goes on."""
         while True:
             try:
                 call_id, method, args = _receive(requests)
             except (EOFError, OSError):
                 return
-            if method == "train":
+            if method in BACKGROUND:
                 threading.Thread(
                     target=self._answer, args=(call_id, method, args), name="giot-train"
                 ).start()
@@ -229,10 +239,14 @@ class _Server:
             self._send((call_id, False, RuntimeError(f"{type(err).__name__}: {err}")))
 
     def _train(self, windows: np.ndarray, seed: int) -> TrainResult:
+        return self._in_background(self.detector.train, windows, seed)
+
+    def _in_background(self, method: Callable[..., _T], *args: Any) -> _T:
+        """Run training (or a federated task) in its thread, at the lowest priority."""
         _background()
         with self._train_lock:  # one run at a time, however many are asked for
             try:
-                return self.detector.train(windows, seed)
+                return method(*args)
             finally:
                 _release_memory()
 
@@ -631,6 +645,34 @@ class ProcessDetector:
         finally:
             self._refresh()  # a failed write changes the info too (disk full)
         return result
+
+    def federated_train(
+        self,
+        config: Mapping[str, int | float | str | bool],
+        arrays: Mapping[str, np.ndarray],
+        windows: np.ndarray,
+        seed: int,
+    ) -> TaskAnswer:
+        """Run a node's train task in the child (scoring goes on; the scoring model stays)."""
+        answer: TaskAnswer = self._call(
+            "federated_train", dict(config), dict(arrays), windows, seed
+        )
+        return answer
+
+    def federated_evaluate(
+        self,
+        config: Mapping[str, int | float | str | bool],
+        arrays: Mapping[str, np.ndarray],
+        windows: np.ndarray,
+    ) -> TaskAnswer:
+        """Check and load the published global model in the child (scoring goes on meanwhile)."""
+        try:
+            answer: TaskAnswer = self._call(
+                "federated_evaluate", dict(config), dict(arrays), windows
+            )
+        finally:
+            self._refresh()  # the model that scores, or the write error, changed
+        return answer
 
     def load_model(self) -> None:
         """Read the saved model in the child (and again in every child started later)."""

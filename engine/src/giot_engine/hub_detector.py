@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeAlias
 
@@ -24,13 +27,36 @@ from .describe import describe as describe_behaviour
 from .detector import Detector, Held
 from .detector import Verdict as EngineVerdict
 from .event_features import user_initiated
-from .federated import TaskAnswer
-from .gil import GilYielder
-from .model_manager import N_POSITIONS, ModelManager, TrainResult
+from .federated import (
+    SHARED_PREFIX,
+    HubFederation,
+    TaskAnswer,
+    Trained,
+    config_number,
+    model_bytes_limit,
+    train_flops,
+    validate_global,
+    validate_shared,
+)
+from .gil import GilYielder, yield_gil
+from .model import GIoTConfig, GIoTModel, param_shapes
+from .model_manager import (
+    BATCH,
+    LEARNING_RATE,
+    MAX_SECONDS,
+    MAX_STEPS,
+    MIN_STEPS,
+    N_POSITIONS,
+    ModelManager,
+    TrainResult,
+    eval_windows,
+    limit_blas_threads,
+)
 from .persist import read_state, write_state
 from .records import DeviceEvent, FlowRecord, Severity
 from .signature import WINDOW_S, MinuteCounts
-from .tokenizer import BOS_ID, Vocabulary, device_of
+from .tokenizer import BOS_ID, PAD_ID, Vocabulary, device_of
+from .train import AdamW, train_windows
 
 LOGGER = logging.getLogger(__name__)
 
@@ -127,6 +153,36 @@ class BatchResult:
     devices: dict[str, tuple[int, float]] = field(default_factory=dict)
     alarming: list[HubVerdict] = field(default_factory=list)
     descriptions: dict[str, Description] = field(default_factory=dict)
+
+
+def hub_local_train(
+    config: GIoTConfig, windows: np.ndarray, params: Mapping[str, np.ndarray], steps: int, seed: int
+) -> Trained:
+    """Train a copy of ``params`` for a round as the hub trains: fresh AdamW, bounded work.
+
+    As ``ModelManager.train`` does (``BATCH``, ``LEARNING_RATE``, at most ``MAX_STEPS`` and
+    ``MAX_SECONDS``, the GIL handed over between steps), on the windows without their padding
+    (``fl_server.client_app.local_train`` for real data).
+    """
+    model = GIoTModel(config, {k: np.array(v, np.float32, copy=True) for k, v in params.items()})
+    optimizer = AdamW(lr=LEARNING_RATE)
+    mask = windows[:, 1:] != PAD_ID
+    batch = min(BATCH, len(windows))
+    steps = max(1, min(MAX_STEPS, steps))
+    losses: list[float] = []
+    start = time.monotonic()
+    while len(losses) < steps and time.monotonic() - start < MAX_SECONDS:
+        report = train_windows(model, windows, 1, batch, seed, optimizer, mask)
+        losses.append(report.mean_loss)
+        yield_gil()
+    done = len(losses)
+    return Trained(
+        dict(model.params),
+        float(np.mean(losses)),
+        done,
+        done * batch,
+        train_flops(model.num_parameters(), done, batch, windows.shape[1]),
+    )
 
 
 def alarming(verdict: HubVerdict, bar: float) -> bool:
@@ -260,9 +316,12 @@ class InProcessDetector:
     def __init__(self, directory: Path | None = None) -> None:
         """Start with a fresh model; ``load_model`` (executor) reads the saved one."""
         self.vocab = Vocabulary.default()
+        self.directory = directory
         self.models = ModelManager(
             directory / "model" if directory is not None else None, self.vocab
         )
+        self._federation: HubFederation | None = None  # read from its files on first use
+        self._model_lock = threading.Lock()  # one of train / federated_* at a time
         self.engine = Detector(self.models.scorer, vocab=self.vocab)
         # what the engine learns late (out of its quarantine) the descriptions and windows learn
         self.engine.on_learnt = self._learnt_late
@@ -557,9 +616,130 @@ class InProcessDetector:
 
         Runs on copies: scoring goes on meanwhile and switches to the new weights at the end.
         """
-        result = self.models.train(windows, seed)
-        self.engine.model = self.models.scorer
+        with self._model_lock:
+            result = self.models.train(windows, seed)
+            self.engine.model = self.models.scorer
         return result
+
+    # -- the federation's tasks ----------------------------------------------------------------
+
+    @property
+    def federation(self) -> HubFederation:
+        """The hub's federated state (``<directory>/federation/``), read on first use."""
+        if self._federation is None:
+            directory = self.directory / "federation" if self.directory is not None else None
+            self._federation = HubFederation(directory, param_shapes(self.models.config))
+            self._federation.load()
+        return self._federation
+
+    def _answer(self, status: str, reason: str = "", **kw: Any) -> TaskAnswer:
+        return TaskAnswer(
+            status, reason, model_version=self.models.version, origin=self.models.origin, **kw
+        )
+
+    def _unusable(self, windows: np.ndarray) -> TaskAnswer | None:
+        """Skip without windows; refuse ("failed") windows this model cannot read (logged)."""
+        if windows.ndim != 2 or not len(windows):
+            return self._answer("skipped", "no_data")
+        config = self.models.config
+        if (
+            windows.dtype.kind not in "iu"
+            or windows.shape[1] > config.n_positions
+            or int(windows.min()) < 0
+            or int(windows.max()) >= config.vocab_size
+        ):
+            LOGGER.warning("GIoT cannot learn from windows %s %s", windows.dtype, windows.shape)
+            return self._answer("refused", "failed")
+        return None
+
+    def federated_train(
+        self,
+        config: Mapping[str, int | float | str | bool],
+        arrays: Mapping[str, np.ndarray],
+        windows: np.ndarray,
+        seed: int,
+    ) -> TaskAnswer:
+        """Answer a train task: a GSFS round (``federated.gsfs_client_round``) on the windows.
+
+        ``arrays`` are the downlink (tensors of the model; with ``base-state`` -1 all of them),
+        plus, in the SecAgg mode, the round's index set and grid under ``SHARED_PREFIX``.
+        Training starts from the held copy of the global model, never from the model that
+        scores, and leaves that model alone: the hub detects with what it has until a global
+        model is published (``federated_evaluate``). ``local-steps`` is bounded by
+        ``MAX_STEPS`` and ``MAX_SECONDS``, batches are ``BATCH`` windows, padding is not
+        learnt. The state the round leaves is saved before the answer (a failed write refuses).
+        """
+        limit_blas_threads()  # tiny matrices: BLAS threads would only spin (model_manager)
+        shapes = param_shapes(self.models.config)
+        model = {k: v for k, v in arrays.items() if not k.startswith(SHARED_PREFIX)}
+        shared = {
+            k[len(SHARED_PREFIX) :]: v for k, v in arrays.items() if k.startswith(SHARED_PREFIX)
+        }
+        full = config_number(config, "base-state", -1) == -1
+        reason = validate_global(model, shapes, model_bytes_limit(shapes), partial=not full)
+        if reason is None and config.get("gsfs-mode") == "shared":
+            reason = validate_shared(shared, shapes)
+        if reason is not None:
+            return self._answer("refused", reason)
+        windows = np.asarray(windows)
+        if (problem := self._unusable(windows)) is not None:
+            return problem
+        if not np.any(windows[:, 1:] != PAD_ID):  # nothing but padding: nothing to learn
+            return self._answer("skipped", "no_data")
+        windows = windows.astype(np.int64, copy=False)
+        default_steps = min(MAX_STEPS, max(MIN_STEPS, math.ceil(2 * len(windows) / BATCH)))
+        with self._model_lock:
+            try:
+                outcome = self.federation.run_round(
+                    model,
+                    config,
+                    partial(hub_local_train, self.models.config, windows),
+                    seed=seed,
+                    default_steps=default_steps,
+                    shared=shared,
+                )
+            except OSError:  # logged where it failed
+                return self._answer("refused", "failed")
+        return self._answer("ok", metrics=dict(outcome.metrics), arrays=outcome.payload)
+
+    def federated_evaluate(
+        self,
+        config: Mapping[str, int | float | str | bool],
+        arrays: Mapping[str, np.ndarray],
+        windows: np.ndarray,
+    ) -> TaskAnswer:
+        """Answer an evaluate task: check the published global model, measure it, score with it.
+
+        The task carries the full model of round ``server-round``. One that does not fit the
+        hub's model or is broken is refused and the hub keeps its model. Otherwise it is saved
+        and scores from now on (``ModelManager.load_global``: the blend-or-bigram rule on the
+        stored windows), and it is the held copy the next train task starts from. What the
+        home calibrated (each device's thresholds, in the detector's state) stays. A failed
+        write refuses ("failed") and keeps the old model. Metrics: the windows evaluated
+        (``EVAL_WINDOWS`` of them at most) and the model's mean NLL per token on them.
+        """
+        limit_blas_threads()
+        shapes = param_shapes(self.models.config)
+        reason = validate_global(arrays, shapes, model_bytes_limit(shapes))
+        if reason is not None:
+            return self._answer("refused", reason)
+        windows = np.asarray(windows)
+        if (problem := self._unusable(windows)) is not None:
+            return problem
+        server_round = int(config_number(config, "server-round", 0))
+        run = config_number(config, "run-id", math.nan)
+        with self._model_lock:
+            try:
+                loss = self.models.load_global(
+                    arrays, windows, server_round, None if math.isnan(run) else int(run)
+                )
+            except OSError:  # logged where it failed
+                return self._answer("refused", "failed")
+            self.engine.model = self.models.scorer
+            with suppress(OSError):  # logged; the next round starts from the copy held before
+                self.federation.adopt(self.models.model.params, config)
+        metrics = {"num-examples": len(eval_windows(windows)), "eval-loss": loss}
+        return self._answer("ok", metrics=metrics)
 
     def state(self) -> dict[str, Any]:
         """Engine state plus descriptions' counts and feedback."""

@@ -12,7 +12,8 @@ model has not learnt yet). ``scorer`` says which is active.
 
 Training works on copies of the weights and the optimizer; they replace the live ones only after
 the whole directory was written and swapped in (temporary directory, fsync, rename), so a failed
-write (a full disk) leaves both the file and the scoring model as they were.
+write (a full disk) leaves both the file and the scoring model as they were. The federation's
+global model comes in the same way (``load_global``); ``origin`` says which kind scores.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,8 @@ class ModelManager:
         self.meta: dict[str, Any] = {"version": 0, "trained_windows": 0, "use_model": False}
         # the model that scores (or will, once trained enough), and what the detector scores with
         self.model = GIoTModel.init(self.config, INIT_SEED).freeze()
-        self.scorer: TokenScorer = BigramModel(np.zeros((len(vocab), len(vocab))))
+        self.bigram = BigramModel(np.zeros((len(vocab), len(vocab))))
+        self.scorer: TokenScorer = self.bigram
         self.last: TrainResult | None = None
         self.write_errors = 0
         self.disk_full = False
@@ -157,11 +159,28 @@ class ModelManager:
 
     @property
     def version(self) -> str:
-        """Name the weights: giot-<n> after n local trainings, giot-global if dropped in."""
+        """Name the weights: giot-<n> after n changes (local trainings and global models loaded).
+
+        A global model of the federation is giot-<n>-global-<round>; one dropped in by hand
+        (no giot.json) giot-global.
+        """
         version = int(self.meta.get("version", 0))
+        global_round = self.meta.get("round") if self.meta.get("source") == "global" else None
         if version:
-            return f"giot-{version}"
+            return (
+                f"giot-{version}"
+                if global_round is None
+                else f"giot-{version}-global-{global_round}"
+            )
         return "giot-global" if self.meta.get("source") == "global" else "giot-untrained"
+
+    @property
+    def origin(self) -> str:
+        """Where the weights come from: "local", or "global round N" (the federation's)."""
+        if self.meta.get("source") != "global":
+            return "local"
+        global_round = self.meta.get("round")
+        return "global" if global_round is None else f"global round {global_round}"
 
     @property
     def active(self) -> str:
@@ -173,6 +192,7 @@ class ModelManager:
         last = self.last
         return {
             "scorer": self.active,
+            "origin": self.origin,
             "bigram_weight": BIGRAM_WEIGHT if isinstance(self.scorer, BlendScorer) else 1.0,
             "parameters": self.model.num_parameters(),
             "config": {
@@ -235,6 +255,7 @@ class ModelManager:
     def _use(self, model: GIoTModel, bigram: BigramModel, *, use_model: bool) -> None:
         """Score with the blend once the model predicts better than the counts, else the counts."""
         self.model = model.freeze()
+        self.bigram = bigram
         self.scorer = BlendScorer(model, bigram) if use_model else bigram
 
     def _write(
@@ -313,12 +334,62 @@ class ModelManager:
         )
         return self.last
 
-    def _record_error(self, err: OSError) -> None:
+    def load_global(
+        self,
+        params: Mapping[str, np.ndarray],
+        windows: np.ndarray,
+        server_round: int,
+        run_id: int | None = None,
+    ) -> float:
+        """Save the federation's model of ``server_round``, then let it score; return its loss.
+
+        ``params`` must be the model's tensors (``federated.validate_global``). The home's bigram
+        counts stay; the model joins them in the blend only if it predicts the home's stored
+        windows (``eval_windows`` of ``windows``) better than they do: the rule after local
+        training, decided afresh for the new weights. The optimizer starts afresh too (its
+        moments belong to the old weights). Raises ``OSError`` when the files could not be
+        written; nothing changes then. Returns the model's mean NLL per token on those windows.
+        """
+        model = GIoTModel(self.config, {k: np.array(v, np.float32) for k, v in params.items()})
+        held = eval_windows(windows)
+        loss = float(model.token_nll(held).mean())
+        bigram_loss = float(self.bigram.token_nll(held).mean())
+        meta = {
+            "version": int(self.meta.get("version", 0)) + 1,
+            "trained_windows": int(self.meta.get("trained_windows", 0)),
+            "use_model": loss < bigram_loss,
+            "loss": round(loss, 4),
+            "bigram_loss": round(bigram_loss, 4),
+            "vocab": self.vocab.version,
+            "source": "global",
+            "round": int(server_round),
+            "run_id": run_id,
+        }
+        optimizer = AdamW(lr=LEARNING_RATE)
+        try:
+            self._write(model, optimizer, self.bigram.counts, meta)
+        except OSError as err:
+            self._record_error(err, "global model")
+            raise
+        self.disk_full = False
+        self.optimizer, self.meta = optimizer, meta
+        self._use(model, self.bigram, use_model=bool(meta["use_model"]))
+        return loss
+
+    def _record_error(self, err: OSError, what: str = "trained model") -> None:
         self.write_errors += 1
         self.last_error = f"{errno.errorcode.get(err.errno or 0, 'OSError')}: {err}"
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             self.disk_full = True
-        LOGGER.error("GIoT could not save its trained model (the previous one is kept): %s", err)
+        LOGGER.error("GIoT could not save its %s (the previous one is kept): %s", what, err)
+
+
+def eval_windows(windows: np.ndarray) -> np.ndarray:
+    """Up to ``EVAL_WINDOWS`` of the stored windows, spread evenly over them (deterministic)."""
+    windows = np.asarray(windows, np.int64)
+    if len(windows) <= EVAL_WINDOWS:
+        return windows
+    return windows[np.linspace(0, len(windows) - 1, EVAL_WINDOWS).round().astype(np.int64)]
 
 
 def limit_blas_threads() -> bool:
