@@ -119,6 +119,8 @@ class Federation:
         self, body: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
     ) -> TaskAnswer:
         detector = self._runner.detector
+        # the detector reads the run and the round from the config, as the simulation's does
+        config = {**body["config"], "run-id": body["run_id"], "server-round": body["round"]}
         try:
             windows = await self._training.async_training_windows()
             if body["kind"] == "train":
@@ -126,11 +128,10 @@ class Federation:
                     return TaskAnswer("skipped", "no_data")
                 seed = task_seed(body["run_id"], body["round"])
                 return await self._runner.async_run(
-                    detector.federated_train, body["config"], arrays, windows, seed
+                    detector.federated_train, config, arrays, windows, seed
                 )
-            # An empty home still takes the global model: evaluating needs no windows.
             return await self._runner.async_run(
-                detector.federated_evaluate, body["config"], arrays, windows
+                detector.federated_evaluate, config, arrays, windows
             )
         except (DetectorError, OSError) as err:
             LOGGER.warning("GIoT could not answer the node's %s task: %s", body["kind"], err)
