@@ -40,6 +40,7 @@ SCHEMA = 1
 # Refusal reasons as validation words them, grouped into kinds a person can count at a glance
 # (the full reason, with the node id, is in the ServerApp's log).
 _KINDS = (
+    ("skipped the round", "node skipped"),
     ("error reply", "error reply"),
     ("undecodable", "undecodable arrays"),
     ("expected one ArrayRecord", "malformed reply"),

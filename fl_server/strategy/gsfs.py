@@ -324,6 +324,12 @@ class GSFS(Strategy):
             self.downlink.forget(node)
             return None
         content = msg.content
+        declined = [m for m in content.metric_records.values() if m.get("skipped") == 1]
+        if declined and not content.array_records:
+            # a GIoT node whose hub had no data, was paused, busy, or away (giot_node.clientapp)
+            self._reject(node, "node skipped the round")
+            self.downlink.forget(node)
+            return None
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
             self._reject(node, "expected one ArrayRecord and one MetricRecord")
             self.downlink.forget(node)

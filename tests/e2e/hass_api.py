@@ -15,9 +15,8 @@ class HassApi:
         self.base = base
         self.token = ""
 
-    def call(
-        self, path: str, data: Any = None, *, form: bool = False, method: str | None = None
-    ) -> Any:
+    def call(self, path: str, data: Any = None, *, form: bool = False, raw: bool = False) -> Any:
+        """Call ``path`` (POST when ``data`` is given); JSON back, or text when ``raw``."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         body = None
         if data is not None:
@@ -27,12 +26,12 @@ class HassApi:
             else:
                 body = json.dumps(data).encode()
                 headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(
-            self.base + path, data=body, headers=headers, method=method
-        )
+        request = urllib.request.Request(self.base + path, data=body, headers=headers)
         with urllib.request.urlopen(request, timeout=30) as response:
-            raw = response.read()
-        return json.loads(raw) if raw else None
+            answer = response.read()
+        if raw:
+            return answer.decode()
+        return json.loads(answer) if answer else None
 
     def onboard(self) -> None:
         """Create the owner and keep an access token."""

@@ -61,26 +61,32 @@ class RealHass:
 
 @contextmanager
 def run_real_hass(
-    config: Path, startup_timeout: float = 240.0, extra_yaml: str = ""
+    config: Path,
+    startup_timeout: float = 240.0,
+    extra_yaml: str = "",
+    python: str = sys.executable,
+    port: int | None = None,
 ) -> Iterator[RealHass]:
     """Start hass with the development configuration in `config`; stop it on exit.
 
     `extra_yaml` is appended to the configuration; a `config` that exists already (a restart)
-    keeps its storage, as a restarted Home Assistant does.
+    keeps its storage, as a restarted Home Assistant does. `python` is the interpreter of Home
+    Assistant's world (the end-to-end tests run from the server's). A restarted hass must get
+    the `port` it had: onboarding stored it (`.storage/http`), and it wins over `SETUP_PORT`.
     """
     config.mkdir(parents=True, exist_ok=True)
     yaml = (ROOT / "config" / "configuration.yaml").read_text()
     (config / "configuration.yaml").write_text(yaml + extra_yaml)
     if not (config / "custom_components").exists():
         (config / "custom_components").symlink_to(ROOT / "custom_components")
-    port = _free_port()
+    port = port or _free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
         "SETUP_PORT": str(port),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "homeassistant", "--config", str(config), "--debug"],
+        [python, "-m", "homeassistant", "--config", str(config), "--debug"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,  # its own log: <config>/home-assistant.log
@@ -92,7 +98,7 @@ def run_real_hass(
             try:
                 urllib.request.urlopen(f"{hass.base}/manifest.json", timeout=2).close()
                 break
-            except urllib.error.URLError, ConnectionError:
+            except (urllib.error.URLError, ConnectionError):
                 assert process.poll() is None, "Home Assistant exited during start-up"
                 assert time.monotonic() < deadline, (
                     f"Home Assistant did not serve HTTP in {startup_timeout:.0f} s"

@@ -420,6 +420,7 @@ def test_clientapp_refuses_untrusted_apps_and_skips_cleanly(tmp_path: Path) -> N
     gsfs = GSFS()
     gsfs.global_arrays = {"a": np.zeros(4, np.float32)}
     assert gsfs._accept(reply, {"a": (4,)}) is None  # rejected with a reason, not an exception
+    assert gsfs.recorder.refusals == {"node skipped": 1}  # the status page says so, not "malformed"
 
 
 # -- real processes -----------------------------------------------------------------------------
