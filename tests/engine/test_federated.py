@@ -252,15 +252,18 @@ def test_no_windows_is_no_data(tmp_path: Path) -> None:
     for windows in (empty, padding):
         answer = hub.federated_train(FULL, _global(hub), windows, 7)
         assert (answer.status, answer.reason) == ("skipped", "no_data")
+    # a new hub takes the published model all the same: it has nothing better to score with
     answer = hub.federated_evaluate({"server-round": 1}, _global(hub), empty)
     assert (answer.status, answer.reason) == ("skipped", "no_data")
+    assert answer.origin == "global round 1"
+    assert hub.models.active == "giot"
     unreadable: list[np.ndarray] = [padding + len(hub.vocab), padding.astype(np.float32)]
     for windows in [*unreadable, np.ones((2, 65), np.int32)]:
         answer = hub.federated_evaluate({"server-round": 1}, _global(hub), windows)
         assert (answer.status, answer.reason) == ("refused", "failed")
         answer = hub.federated_train(FULL, _global(hub), windows, 7)
         assert (answer.status, answer.reason) == ("refused", "failed")
-    assert hub.model_version == "giot-untrained"
+    assert hub.model_version == "giot-1-global-1"  # unreadable windows changed nothing
 
 
 # -- what the hub accepts ------------------------------------------------------------------------

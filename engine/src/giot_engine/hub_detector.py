@@ -713,7 +713,8 @@ class InProcessDetector:
         The task carries the full model of round ``server-round``. One that does not fit the
         hub's model or is broken is refused and the hub keeps its model. Otherwise it is saved
         and scores from now on (``ModelManager.load_global``: the blend-or-bigram rule on the
-        stored windows), and it is the held copy the next train task starts from. What the
+        stored windows; a new hub without any takes the model as it is and answers "skipped",
+        having no loss to report), and it is the held copy the next train task starts from. What the
         home calibrated (each device's thresholds, in the detector's state) stays. A failed
         write refuses ("failed") and keeps the old model. Metrics: the windows evaluated
         (``EVAL_WINDOWS`` of them at most) and the model's mean NLL per token on them.
@@ -724,7 +725,8 @@ class InProcessDetector:
         if reason is not None:
             return self._answer("refused", reason)
         windows = np.asarray(windows)
-        if (problem := self._unusable(windows)) is not None:
+        fresh = windows.ndim == 2 and not len(windows)  # a new hub: nothing to measure on yet
+        if not fresh and (problem := self._unusable(windows)) is not None:
             return problem
         server_round = int(config_number(config, "server-round", 0))
         run = config_number(config, "run-id", math.nan)
@@ -738,6 +740,8 @@ class InProcessDetector:
             self.engine.model = self.models.scorer
             with suppress(OSError):  # logged; the next round starts from the copy held before
                 self.federation.adopt(self.models.model.params, config)
+        if fresh:  # it scores with the federation's model now, but has no loss to report
+            return self._answer("skipped", "no_data")
         metrics = {"num-examples": len(eval_windows(windows)), "eval-loss": loss}
         return self._answer("ok", metrics=metrics)
 

@@ -352,13 +352,16 @@ class ModelManager:
         """
         model = GIoTModel(self.config, {k: np.array(v, np.float32) for k, v in params.items()})
         held = eval_windows(windows)
-        loss = float(model.token_nll(held).mean())
-        bigram_loss = float(self.bigram.token_nll(held).mean())
+        if len(held):
+            loss = float(model.token_nll(held).mean())
+            bigram_loss = float(self.bigram.token_nll(held).mean())
+        else:  # a new hub: its bigram has learnt nothing either, the federation's model scores
+            loss, bigram_loss = math.nan, math.inf
         meta = {
             "version": int(self.meta.get("version", 0)) + 1,
             "trained_windows": int(self.meta.get("trained_windows", 0)),
-            "use_model": loss < bigram_loss,
-            "loss": round(loss, 4),
+            "use_model": not loss >= bigram_loss,  # NaN (nothing measured): the model
+            "loss": round(loss, 4) if math.isfinite(loss) else None,
             "bigram_loss": round(bigram_loss, 4),
             "vocab": self.vocab.version,
             "source": "global",
