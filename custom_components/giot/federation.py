@@ -142,7 +142,12 @@ class Federation:
 
     @callback
     def _apply(self, answer: TaskAnswer) -> None:
-        """Take the answer's model and what it says about the federation's model."""
+        """Take the answer's model and what it says about the federation's model.
+
+        A model that fits clears the repair: a round answered ``ok``, or a global model the
+        detector took without measuring it (a new hub, no windows yet: ``skipped no_data``).
+        """
+        taken = answer.model_version not in {None, self._hub.model_version}
         if answer.model_version is not None:
             self._hub.model_version = answer.model_version
         if answer.origin is not None:
@@ -151,7 +156,7 @@ class Federation:
             LOGGER.warning("GIoT refused the federation's model: %s", answer.reason)
             self._issues.async_node_incompatible("model", answer.reason)
             self._hub.federation_status = FederationStatus.INCOMPATIBLE
-        elif answer.status == "ok":
+        elif answer.status == "ok" or taken:
             self._issues.async_node_incompatible("model", None)
             if self._hub.federation_status is FederationStatus.INCOMPATIBLE:
                 self._hub.federation_status = FederationStatus.CONNECTED

@@ -138,7 +138,7 @@ class HealthIssues:
         """Raise (``detail``) or clear (None) the repair for a node or model GIoT cannot use.
 
         Two causes, each cleared by its own success: the link's protocol (a good handshake)
-        and the federation's model (a round answered ``ok``).
+        and the federation's model (a round answered ``ok``, or a global model taken).
         """
         issue_id = f"node_incompatible_{cause}"
         if detail is None:

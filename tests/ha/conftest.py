@@ -6,12 +6,10 @@ imported after the ``hass`` fixture starts, Home Assistant would mount the test 
 """
 
 import shutil
-import threading
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
 from typing import Any
 from unittest.mock import patch
 
-import numpy as np
 import pytest
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
@@ -24,8 +22,6 @@ from syrupy.assertion import SnapshotAssertion
 import custom_components.giot
 from custom_components.giot.const import CONF_DEVICES, DOMAIN
 from custom_components.giot.coordinator import GIoTCoordinator
-from giot_engine.federated import TaskAnswer
-from giot_engine.hub_detector import InProcessDetector
 from giot_engine.records import FlowRecord
 
 from .fake_node import FakeNode
@@ -211,58 +207,6 @@ def scan_flows(
         )
         for i in range(count)
     ]
-
-
-class FederatedDetector(InProcessDetector):
-    """The in-process detector with simple stand-ins for the engine's two federated calls.
-
-    ``train`` sends each downlink array back plus one, and its metrics say what it was given;
-    ``evaluate`` takes a model only if its arrays are exactly ``{"w"}`` and then reports it
-    as ``config["version"]`` of ``global round config["round"]``. ``config["fail"]`` makes a
-    call raise OSError; ``gate`` (when set) holds ``train`` until it is set.
-    """
-
-    gate: threading.Event | None = None
-
-    def federated_train(
-        self,
-        config: Mapping[str, int | float | str | bool],
-        arrays: Mapping[str, np.ndarray],
-        windows: np.ndarray,
-        seed: int,
-    ) -> TaskAnswer:
-        if self.gate is not None:
-            self.gate.wait(10)
-        if config.get("fail"):
-            raise OSError("disk full")
-        metrics = {"windows": float(len(windows)), "seed": float(seed)}
-        metrics.update({k: v for k, v in config.items() if isinstance(v, float)})
-        return TaskAnswer("ok", metrics=metrics, arrays={name: a + 1 for name, a in arrays.items()})
-
-    def federated_evaluate(
-        self,
-        config: Mapping[str, int | float | str | bool],
-        arrays: Mapping[str, np.ndarray],
-        windows: np.ndarray,
-    ) -> TaskAnswer:
-        if config.get("fail"):
-            raise OSError("disk full")
-        if set(arrays) != {"w"}:
-            return TaskAnswer("refused", "incompatible_model")
-        return TaskAnswer(
-            "ok",
-            metrics={"loss": 1.5, "windows": float(len(windows))},
-            model_version=str(config["version"]),
-            origin=f"global round {config['round']}",
-        )
-
-
-@pytest.fixture
-def federated() -> Generator[None]:
-    """Detect in Home Assistant's process with ``FederatedDetector``."""
-    FederatedDetector.gate = None
-    with patch("custom_components.giot.coordinator.ProcessDetector", FederatedDetector):
-        yield
 
 
 @pytest.fixture

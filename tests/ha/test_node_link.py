@@ -2,15 +2,23 @@
 
 The node is the outside world here: ``FakeNode`` speaks node_protocol over aiohttp on
 127.0.0.1, and every frame the integration sends is decoded with node_protocol and checked.
+Everything on the hub's side is real: the tasks carry the hub model's tensors, the detector
+(in Home Assistant's process, the integration's fallback, unless a test asks for its own
+process) runs the engine's GSFS round on the windows it made from the camera's flows, and
+its state lands on disk.
 """
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import json
 import struct
 import threading
+import time
 from collections.abc import Callable, Coroutine, Generator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
@@ -34,7 +42,7 @@ from custom_components.giot.const import (
 )
 from custom_components.giot.coordinator import GIoTCoordinator
 from custom_components.giot.diagnostics import async_get_config_entry_diagnostics
-from custom_components.giot.federation import PAUSED_REASON, task_seed
+from custom_components.giot.federation import PAUSED_REASON
 from custom_components.giot.models import HubState
 from custom_components.giot.node_link import (
     Channel,
@@ -45,21 +53,46 @@ from custom_components.giot.node_link import (
     async_check_node,
     node_url,
 )
+from giot_engine import federated, gsfs_codec
 from giot_engine import node_protocol as proto
-from giot_engine.federated import TaskAnswer
-from giot_engine.model_manager import N_POSITIONS
+from giot_engine.detector_process import ProcessDetector
+from giot_engine.federated import Trained
+from giot_engine.hub_detector import InProcessDetector, hub_local_train
+from giot_engine.model import GIoTModel, param_shapes
+from giot_engine.model_manager import ModelManager
+from giot_engine.tokenizer import Vocabulary
 
-from .conftest import FederatedDetector
+from .conftest import normal_flows
 from .fake_node import NODE_ID, TOKEN, FakeNode, task
 
-pytestmark = pytest.mark.usefixtures("federated", "socket_enabled")
+pytestmark = pytest.mark.usefixtures("socket_enabled")
 
 STATUS = "sensor.giot_federation_status"
+VERSION = "sensor.giot_model_version"
+ORIGIN = "sensor.giot_model_origin"
 WAIT_S = 5.0
 # When the hub closes the socket, the node's close reply makes aiohttp 3.14 (its coalesced
 # heartbeat reset) schedule one more heartbeat on the closed socket: a stray timer that only
 # finds the socket closed. Tests where the hub closes after the node's last frame allow it.
 HUB_CLOSES = pytest.mark.parametrize("expected_lingering_timers", [True])
+
+CONFIG = ModelManager(None, Vocabulary.default()).config
+SHAPES = param_shapes(CONFIG)
+BUDGET = 3000
+# A first round: the hub holds no copy of the global model, the task carries all of it.
+FULL = {"base-state": -1, "new-state": 1, "local-steps": 2, "gsfs-budget": BUDGET}
+
+type Arrays = dict[str, np.ndarray]
+
+
+def global_model(seed: int = 1, scale: float = 1.0) -> Arrays:
+    """The federation's model: every tensor of the hub's model (``scale``: blown up)."""
+    return {k: v * np.float32(scale) for k, v in GIoTModel.init(CONFIG, seed).params.items()}
+
+
+def train(task_id: str = "t1", **kwargs: Any) -> dict[str, Any]:
+    """A first round's train task (``config`` entries are added to ``FULL``)."""
+    return task(task_id, config={**FULL, **kwargs.pop("config", {})}, **kwargs)
 
 
 async def until(condition: Callable[[], object]) -> None:
@@ -79,6 +112,19 @@ def fast_backoff() -> Generator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def in_process(request: pytest.FixtureRequest) -> Generator[None]:
+    """Detect in Home Assistant's process (the integration's fallback): it starts at once.
+
+    A test parametrized with ``in_process`` False keeps the default, the detector's own process.
+    """
+    if not getattr(request, "param", True):
+        yield
+        return
+    with patch("custom_components.giot.coordinator.ProcessDetector", InProcessDetector):
+        yield
+
+
 def node_entry(
     hass: HomeAssistant, port: int, token: str = TOKEN, **options: Any
 ) -> MockConfigEntry:
@@ -95,48 +141,80 @@ def node_entry(
 
 
 async def setup(hass: HomeAssistant, entry: MockConfigEntry) -> GIoTCoordinator:
-    """Set the entry up and give some windows to train on."""
+    """Set the entry up."""
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
     coordinator: GIoTCoordinator = entry.runtime_data.coordinator
     return coordinator
 
 
-def add_windows(coordinator: GIoTCoordinator, count: int = 4) -> None:
-    """Stored windows of the model's width: what federated training learns from."""
-    windows = np.full((count, N_POSITIONS), 5, np.int32)
-    coordinator.windows.add("dev", windows, dt_util.utcnow().timestamp())
+async def feed(hass: HomeAssistant, coordinator: GIoTCoordinator, count: int = 40) -> None:
+    """The camera's routine through the coordinator: the detector makes the windows of it."""
+    start = time.time() - 30.0 * count - 600
+    coordinator.ingest.async_add_flows(normal_flows(start, count))
+    await hass.async_block_till_done()
+
+
+def storage(hass: HomeAssistant, name: str) -> Path:
+    """A folder of the detector's: ``model`` (the scoring model), ``federation`` (its state)."""
+    return Path(hass.config.path(".storage", DOMAIN, name))
+
+
+def federation_dir(hass: HomeAssistant) -> Path:
+    """Where the detector keeps the hub's federated state."""
+    return storage(hass, "federation")
+
+
+def federation_state(hass: HomeAssistant) -> dict[str, Any]:
+    """The saved state.json of the hub's federated state."""
+    state: dict[str, Any] = json.loads((federation_dir(hass) / "state.json").read_text())
+    return state
 
 
 @pytest.fixture
-async def linked(hass: HomeAssistant, fake_node: FakeNode) -> tuple[FakeNode, GIoTCoordinator]:
-    """A loaded entry connected to the fake node."""
-    coordinator = await setup(hass, node_entry(hass, fake_node.port))
+async def linked(
+    hass: HomeAssistant, fake_node: FakeNode, options: dict[str, Any]
+) -> tuple[FakeNode, GIoTCoordinator]:
+    """A loaded entry watching the camera, connected to the fake node."""
+    coordinator = await setup(hass, node_entry(hass, fake_node.port, **options))
     await fake_node.wait_connected()
     await until(lambda: hass.states.get(STATUS).state == "connected")
     return fake_node, coordinator
 
 
+def assert_update(result: proto.Frame, budget: int = BUDGET) -> None:
+    """A GSFS update of the hub's model within the budget, trained on real windows."""
+    assert (result.kind, result.body["status"], result.body["reason"]) == ("result", "ok", "")
+    payload = gsfs_codec.unpack(result.arrays, SHAPES)
+    sent = gsfs_codec.sent_tensors(payload)
+    assert sent
+    assert set(sent) <= set(SHAPES)
+    assert gsfs_codec.decode(payload, SHAPES).keys() == SHAPES.keys()
+    assert gsfs_codec.payload_nbytes(payload) <= budget
+    metrics = result.body["metrics"]
+    assert metrics["payload-bytes"] <= budget
+    assert metrics["num-examples"] > 0
+    assert metrics["downlink-ok"] == 1
+    assert np.isfinite(metrics["train-loss"])
+
+
+@pytest.mark.parametrize("in_process", [False], indirect=True, ids=["detector_process"])
 async def test_train_round_trip(
     hass: HomeAssistant, linked: tuple[FakeNode, GIoTCoordinator]
 ) -> None:
-    """Authenticate, take a train task with arrays, answer with the detector's arrays."""
+    """Authenticate, train the node's full model on the hub's windows, answer with the update."""
     node, coordinator = linked
+    assert isinstance(coordinator.detector, ProcessDetector)
     auth = node.auths[0]
     assert auth["hub"] == hass.config.location_name
     assert auth["protocol"] == proto.PROTOCOL_VERSION
-    add_windows(coordinator)
-    down = await node.send("task", task(config={"lr": 0.5}), {"w": np.ones(3, np.float32)})
+    await feed(hass, coordinator)
+    down = await node.send("task", train(), global_model())
 
     result = await node.next_frame()
-    assert result.kind == "result"
-    assert result.body == {
-        "task_id": "t1",
-        "status": "ok",
-        "reason": "",
-        "metrics": {"windows": 4.0, "seed": float(task_seed(7, 3)), "lr": 0.5},
-    }
-    np.testing.assert_array_equal(result.arrays["w"], np.full(3, 2, np.float32))
+    assert result.body["task_id"] == "t1"
+    assert_update(result)
+    assert result.body["metrics"]["state-id"] == 1
     hub: HubState = coordinator.hub
     await until(lambda: hub.last_participation is not None)
     assert hub.federation_round == 3
@@ -151,20 +229,33 @@ async def test_train_round_trip(
     assert sent.attributes["unit_of_measurement"] == "KiB"
     assert float(sent.state) == pytest.approx(hub.bytes_up / 1024, abs=0.05)
     assert hass.states.get(STATUS).state == "connected"
+    # the round's state is saved before the answer: what the server counts on, and the residual
+    files = {path.name for path in federation_dir(hass).iterdir()}
+    assert files == {"state.json", "held.npz", "residual.npz"}
+    assert federation_state(hass) == {
+        "format": 1, "held_id": 1, "run_id": 7, "train_round": 3, "global_round": None,
+    }  # fmt: skip
+    with np.load(federation_dir(hass) / "residual.npz") as residual:
+        assert set(residual.files) <= set(SHAPES)
+        assert residual.files
+    assert hass.states.get(ORIGIN).state == "local"  # training leaves the scoring model alone
 
     # the next task of the same round adds to its counts; a new round starts afresh
-    await node.send(
-        "task",
-        task("t2", "evaluate", config={"version": "g3", "round": 3}),
-        {"w": np.ones(3, np.float32)},
-    )
-    await node.next_frame()
+    await node.send("task", task("t2", "evaluate"), global_model(2))
+    published = await node.next_frame()
+    assert published.body["status"] == "ok"
+    assert published.body["metrics"]["num-examples"] > 0
     await until(lambda: hub.bytes_up > node.sizes[0])
     assert hub.bytes_up == sum(node.sizes)
-    await node.send("task", task("t3", server_round=4), {"w": np.ones(1, np.float32)})
-    await node.next_frame()
+    assert hass.states.get(ORIGIN).state == "global round 3"
+    # round 4 sends only what moved, relative to the copy the hub holds (state 1)
+    downlink = {"transformer.ln_f.bias": global_model(3)["transformer.ln_f.bias"]}
+    config = {"base-state": 1, "new-state": 2}
+    await node.send("task", train("t3", server_round=4, config=config), downlink)
+    assert_update(await node.next_frame())
     await until(lambda: hub.federation_round == 4)
     assert hub.bytes_up == node.sizes[-1]
+    assert federation_state(hass)["held_id"] == 2
 
     # what a restart keeps
     entry = coordinator.config_entry
@@ -176,45 +267,75 @@ async def test_train_round_trip(
     assert reloaded.last_participation is not None
     assert reloaded.bytes_up == hub.bytes_up
     assert (reloaded.bytes_up_total, reloaded.bytes_down_total) >= totals
-    assert reloaded.model_origin == "local"  # the stand-in's evaluate saves no model
+    assert reloaded.model_origin == "global round 3"  # the detector loaded the saved model
+    assert reloaded.model_version == hub.model_version == "giot-1-global-3"
 
 
 async def test_evaluate_takes_the_global_model(
     hass: HomeAssistant, linked: tuple[FakeNode, GIoTCoordinator]
 ) -> None:
     """An evaluate task loads the global model: version and origin entities follow."""
-    node, _ = linked
-    assert hass.states.get("sensor.giot_model_origin").state == "local"
-    config = {"version": "global-5", "round": 5}
-    await node.send("task", task(kind="evaluate", server_round=5, config=config), {"w": np.ones(2)})
+    node, coordinator = linked
+    assert hass.states.get(ORIGIN).state == "local"
+    assert hass.states.get(VERSION).state == "giot-untrained"
+    # a new hub has no windows to measure it on: it takes it all the same
+    await node.send("task", task(kind="evaluate", server_round=5), global_model())
     result = await node.next_frame()
-    assert result.body["status"] == "ok"
-    assert result.body["metrics"] == {"loss": 1.5, "windows": 0.0}  # no windows: still taken
-    await until(lambda: hass.states.get("sensor.giot_model_origin").state != "local")
-    assert hass.states.get("sensor.giot_model_origin").state == "global round 5"
-    assert hass.states.get("sensor.giot_model_version").state == "global-5"
+    assert (result.body["status"], result.body["reason"]) == ("skipped", "no_data")
+    await until(lambda: hass.states.get(ORIGIN).state != "local")
+    assert hass.states.get(ORIGIN).state == "global round 5"
+    assert hass.states.get(VERSION).state == "giot-1-global-5"
+
+    await feed(hass, coordinator)
+    await node.send("task", task("t2", "evaluate", server_round=6), global_model(2))
+    result = await node.next_frame()
+    assert (result.body["status"], result.body["reason"]) == ("ok", "")
+    assert result.body["metrics"]["num-examples"] > 0
+    assert 0 < result.body["metrics"]["eval-loss"] < 20
+    assert result.arrays == {}
+    await until(lambda: hass.states.get(ORIGIN).state == "global round 6")
+    assert hass.states.get(VERSION).state == "giot-2-global-6"
+    assert coordinator.hub.federation_round == 6
+    assert federation_state(hass)["global_round"] == 6  # the next round trains from it
 
 
-async def test_incompatible_model_is_a_repair(
+def _nan(model: Arrays) -> Arrays:
+    return {**model, "transformer.h.0.ln_1.weight": np.full(CONFIG.n_embd, np.nan, np.float32)}
+
+
+def _wrong_shape(model: Arrays) -> Arrays:
+    return {**model, "transformer.wpe.weight": np.ones((8, CONFIG.n_embd), np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("hostile", "reason"), [(_nan, "invalid_model"), (_wrong_shape, "incompatible_model")]
+)
+async def test_hostile_model_is_a_repair(
     hass: HomeAssistant,
     issue_registry: ir.IssueRegistry,
     linked: tuple[FakeNode, GIoTCoordinator],
+    hostile: Callable[[Arrays], Arrays],
+    reason: str,
 ) -> None:
-    """A global model the detector refuses raises the repair; the next good round clears it."""
+    """A global model the detector refuses raises the repair; the next good model clears it."""
     node, _ = linked
-    await node.send("task", task(kind="evaluate"), {"wrong": np.ones(2)})
+    await node.send("task", task(kind="evaluate"), hostile(global_model()))
     result = await node.next_frame()
-    assert (result.body["status"], result.body["reason"]) == ("refused", "incompatible_model")
+    assert (result.body["status"], result.body["reason"]) == ("refused", reason)
     await until(lambda: hass.states.get(STATUS).state == "incompatible")
     issue = issue_registry.async_get_issue(DOMAIN, "node_incompatible_model")
     assert issue is not None
-    assert issue.translation_placeholders == {"detail": "incompatible_model"}
+    assert issue.translation_placeholders == {"detail": reason}
+    assert hass.states.get(VERSION).state == "giot-untrained"
+    assert hass.states.get(ORIGIN).state == "local"
+    assert not storage(hass, "model").exists()
 
-    config = {"version": "g", "round": 3}
-    await node.send("task", task("t2", "evaluate", config=config), {"w": np.ones(2)})
-    await node.next_frame()
+    # a new hub takes the next good model (no windows to measure it on): that clears it
+    await node.send("task", task("t2", "evaluate", server_round=4), global_model())
+    assert (await node.next_frame()).body["reason"] == "no_data"
     await until(lambda: hass.states.get(STATUS).state == "connected")
     assert issue_registry.async_get_issue(DOMAIN, "node_incompatible_model") is None
+    assert hass.states.get(ORIGIN).state == "global round 4"
 
 
 def _raw_frame(header: dict[str, Any]) -> bytes:
@@ -257,9 +378,7 @@ async def test_malformed_frames_are_answered_not_applied(
     await node.send("status", {"superlink": "s:9092", "connected": False, "last_round": 8})
     await until(lambda: coordinator.link.node_status.get("last_round") == 8)
     await node.send("error", {"reason": "deadline", "detail": "too late", "in_reply_to": "t0"})
-    await node.send(
-        "task", task("t10", kind="evaluate", config={"version": "v", "round": 3}), {"w": np.ones(1)}
-    )
+    await node.send("task", train("t10"), global_model())
     assert (await node.next_frame()).body["task_id"] == "t10"
     assert node.connections == 1
 
@@ -309,9 +428,9 @@ async def test_node_going_away_reconnects(
     await node.ws.close()
     await until(lambda: node.connections == 2 and node.connected.is_set())
     await until(lambda: hass.states.get(STATUS).state == "connected")
-    add_windows(coordinator)
-    await node.send("task", task(), {"w": np.ones(1)})
-    assert (await node.next_frame()).body["status"] == "ok"
+    await feed(hass, coordinator)
+    await node.send("task", train(), global_model())
+    assert_update(await node.next_frame())
 
 
 async def test_unreachable_node_is_a_repair(
@@ -367,7 +486,8 @@ async def test_paused_or_off_answers_skipped(
         "switch", "turn_on", {"entity_id": "switch.giot_pause_federated_training"}, blocking=True
     )
     assert hass.states.get(STATUS).state == "paused"
-    await node.send("task", task(), {"w": np.ones(1)})
+    await feed(hass, coordinator)
+    await node.send("task", train(), global_model())
     result = await node.next_frame()
     assert (result.body["status"], result.body["reason"]) == ("skipped", PAUSED_REASON)
     assert result.arrays == {}
@@ -376,11 +496,19 @@ async def test_paused_or_off_answers_skipped(
         "switch", "turn_off", {"entity_id": "switch.giot_pause_federated_training"}, blocking=True
     )
     coordinator.federation_enabled = False
-    await node.send("task", task("t2"), {"w": np.ones(1)})
+    await node.send("task", train("t2"), global_model())
     result = await node.next_frame()
     assert (result.body["status"], result.body["reason"]) == ("skipped", PAUSED_REASON)
     await until(lambda: coordinator.hub.bytes_up == sum(node.sizes))
     assert coordinator.hub.federation_round is None  # skipped is no participation
+    assert not federation_dir(hass).exists()  # nothing was trained
+
+
+def held(coordinator: GIoTCoordinator) -> threading.Lock:
+    """The in-process detector's model lock: held, a round waits as it waits for training."""
+    detector = coordinator.detector
+    assert isinstance(detector, InProcessDetector)
+    return detector._model_lock
 
 
 async def test_busy_and_deadline(
@@ -388,24 +516,20 @@ async def test_busy_and_deadline(
 ) -> None:
     """Past its deadline a task is answered skipped; while it still runs others are busy."""
     node, coordinator = linked
-    add_windows(coordinator)
-    gate = threading.Event()
-    FederatedDetector.gate = gate
-    try:
-        await node.send("task", task(deadline_s=0.5), {"w": np.ones(1)})
+    await feed(hass, coordinator)
+    with held(coordinator):
+        await node.send("task", train(deadline_s=0.5), global_model())
         await until(lambda: hass.states.get(STATUS).state == "training")
         result = await node.next_frame()
         assert (result.body["status"], result.body["reason"]) == ("skipped", "deadline")
-        await node.send("task", task("t2"), {"w": np.ones(1)})
+        await node.send("task", train("t2"), global_model())
         result = await node.next_frame()
         assert (result.body["task_id"], result.body["reason"]) == ("t2", "busy")
-    finally:
-        gate.set()
     await until(lambda: hass.states.get(STATUS).state == "connected")
     await until(lambda: not coordinator.link._busy)
-    FederatedDetector.gate = None
-    await node.send("task", task("t3"), {"w": np.ones(1)})
-    assert (await node.next_frame()).body["status"] == "ok"
+    assert federation_state(hass)["train_round"] == 3  # the late round finished all the same
+    await node.send("task", train("t3"), global_model())
+    assert_update(await node.next_frame())
 
 
 async def test_local_training_makes_tasks_busy(
@@ -413,52 +537,60 @@ async def test_local_training_makes_tasks_busy(
 ) -> None:
     """A task that finds local training running does not wait for it."""
     node, coordinator = linked
+    await feed(hass, coordinator)
     async with coordinator.training.lock:
-        await node.send("task", task(), {"w": np.ones(1)})
+        await node.send("task", train(), global_model())
         result = await node.next_frame()
     assert (result.body["status"], result.body["reason"]) == ("skipped", "busy")
 
 
-def _raise(*_: Any) -> TaskAnswer:
-    raise ValueError("a bug")
-
-
-def _answer(**kwargs: Any) -> Callable[..., TaskAnswer]:
-    """A federated_train that answers ``TaskAnswer(**kwargs)``."""
-    return lambda *_: TaskAnswer(**kwargs)
+def _nan_loss(*args: Any) -> Trained:
+    """The hub's training, reporting a loss the protocol cannot carry."""
+    return dataclasses.replace(hub_local_train(*args), loss=float("nan"))
 
 
 @pytest.mark.parametrize(
-    ("config", "windows", "train", "reason"),
+    ("case", "status", "reason"),
     [
-        ({"fail": True}, 4, None, "failed"),  # the detector raised
-        ({}, 4, _raise, "failed"),  # anything else went wrong
-        ({}, 0, None, "no_data"),  # nothing to train on
-        ({}, 4, _answer(status="ok", metrics={"loss": float("nan")}), "failed"),  # unsendable
-        ({}, 4, _answer(status="ok", arrays={"w": np.ones(1000)}), "too_large"),
+        ("disk_full", "refused", "failed"),  # the round's state could not be saved
+        pytest.param(  # finite weights whose training overflows
+            "diverges",
+            "skipped",
+            "failed",
+            marks=pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+        ),
+        ("no_windows", "skipped", "no_data"),  # nothing to train on
+        ("nan_loss", "skipped", "failed"),  # an answer the protocol refuses
+        ("too_large", "skipped", "too_large"),  # over the frame limit
     ],
 )
 async def test_train_that_cannot_answer(
+    hass: HomeAssistant,
     linked: tuple[FakeNode, GIoTCoordinator],
-    config: dict[str, Any],
-    windows: int,
-    train: Callable[..., TaskAnswer] | None,
+    case: str,
+    status: str,
     reason: str,
 ) -> None:
-    """A failed training, no windows, or an answer the protocol refuses: skipped, why."""
+    """A failed training, no windows, or an answer the protocol refuses: no update, why."""
     node, coordinator = linked
-    if windows:
-        add_windows(coordinator, windows)
-    with (
-        patch.object(FederatedDetector, "federated_train", train)
-        if train
-        else contextlib.nullcontext(),
-        patch.object(proto, "MAX_FRAME_BYTES", 4000),
-    ):
-        await node.send("task", task(config=config), {"w": np.ones(1)})
+    if case != "no_windows":
+        await feed(hass, coordinator)
+    data = proto.encode("task", train(), global_model(scale=1e20 if case == "diverges" else 1))
+    full = OSError(errno.ENOSPC, "No space left on device")
+    with contextlib.ExitStack() as stack:
+        if case == "disk_full":
+            stack.enter_context(patch.object(federated, "atomic_write_dir", side_effect=full))
+        elif case == "nan_loss":
+            stack.enter_context(patch("giot_engine.hub_detector.hub_local_train", _nan_loss))
+        elif case == "too_large":  # the task is encoded already; its answer is over
+            stack.enter_context(patch.object(proto, "MAX_FRAME_BYTES", 1000))
+        await node.send_raw(data)
         result = await node.next_frame()
-    assert (result.body["status"], result.body["reason"]) == ("skipped", reason)
+    assert (result.body["status"], result.body["reason"]) == (status, reason)
     assert result.arrays == {}
+    if case not in {"nan_loss", "too_large"}:  # the detector kept nothing of the round
+        assert not federation_dir(hass).exists()
+    assert coordinator.hub.federation_round is None
 
 
 async def test_unload_closes_the_link(
@@ -610,19 +742,18 @@ async def test_result_for_a_closed_link_is_dropped(
 ) -> None:
     """The node went away while the hub trained: the result is dropped, not counted."""
     node, coordinator = linked
-    add_windows(coordinator)
-    gate = threading.Event()
-    FederatedDetector.gate = gate
-    await node.send("task", task(), {"w": np.ones(1)})
-    await until(lambda: coordinator.hub.federation_training)
-    assert node.ws is not None
-    await node.ws.close()
-    await until(lambda: hass.states.get(STATUS).state != "training")
-    gate.set()
+    await feed(hass, coordinator)
+    with held(coordinator):
+        await node.send("task", train(), global_model())
+        await until(lambda: coordinator.hub.federation_training)
+        assert node.ws is not None
+        await node.ws.close()
+        await until(lambda: hass.states.get(STATUS).state != "training")
     await until(lambda: not coordinator.hub.federation_training)
     await until(lambda: not coordinator.link._busy)
     assert coordinator.hub.federation_round is None
     assert coordinator.hub.bytes_up == 0
+    assert federation_state(hass)["train_round"] == 3  # the round ran and kept its state
 
 
 async def test_diagnostics_redact_the_node(
