@@ -4,12 +4,16 @@ The integration's side is played by an aiohttp WebSocket client speaking ``node_
 edge of this component); the ClientApp's side of the bridge by an HTTP client on the Unix socket.
 The real-process tests run a SuperLink, ``giot-node run`` (whose SuperNode starts the node's own
 ClientApp) and ``flwr run``: the project's app trains through the test's hub, and an app of
-another publisher is refused without its code ever running.
+another publisher is refused without its code ever running. With ``giot-server`` (TLS, node
+authentication): an enrolled node trains the hubs' model through the hub, its revoked key is
+refused, and its SuperNode comes back by itself when the server restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -17,7 +21,7 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +37,14 @@ from flwr.supercore.task_identity import TaskIdentity
 from fl_server import flwr_config
 from fl_server.checkpoint import load_latest
 from fl_server.client_app import model_config
+from fl_server.history import read_history
 from fl_server.run_config import RunConfig
 from fl_server.strategy.gsfs import GSFS
 from giot_engine import gsfs_codec
 from giot_engine import node_protocol as proto
 from giot_engine.model import GIoTModel
+from giot_engine.model_manager import ModelManager
+from giot_engine.tokenizer import Vocabulary
 from giot_node import advertise, cli, clientapp
 from giot_node.link import Link
 from giot_node.state import NodeState
@@ -49,6 +56,7 @@ from giot_node.supernode import (
     supernode_command,
 )
 from giot_server import procs
+from giot_server.certs import server_names
 from giot_server.enrolment import parse_key
 from tests.server.deployment import (
     BIN,
@@ -59,6 +67,7 @@ from tests.server.deployment import (
     run_config_arg,
     stage_app,
 )
+from tests.server.test_giot_server import gs
 
 NODE_ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "engine" / "src"), str(ROOT)])}
 
@@ -366,7 +375,7 @@ def _message(content: RecordDict, message_type: str = MessageType.TRAIN) -> Mess
 
 
 def _context(bridge: Path, trusted: str = "giot/giot") -> Context:
-    node_config = {
+    node_config: dict[str, bool | float | int | str] = {
         NODE_CONFIG_BRIDGE: str(bridge),
         NODE_CONFIG_TRUSTED: trusted,
         NODE_CONFIG_DEADLINE: 300.0,
@@ -426,7 +435,11 @@ def test_clientapp_refuses_untrusted_apps_and_skips_cleanly(tmp_path: Path) -> N
 # -- real processes -----------------------------------------------------------------------------
 
 
-def _start_node(fed: Federation, state_dir: Path, port: int, *extra: str) -> None:
+def _start_node(
+    fed: Federation, state_dir: Path, port: int, *extra: str, ca: Path | None = None
+) -> None:
+    """``giot-node run`` against ``fed``'s SuperLink: TLS with ``ca``, else ``--insecure``."""
+    tls = ["--insecure"] if ca is None else ["--root-certificates", str(ca)]
     fed.start(
         "node",
         "python",
@@ -437,7 +450,7 @@ def _start_node(fed: Federation, state_dir: Path, port: int, *extra: str) -> Non
         str(state_dir),
         "--superlink",
         fed.address,
-        "--insecure",
+        *tls,
         "--listen",
         f"127.0.0.1:{port}",
         "--no-advertise",
@@ -466,6 +479,28 @@ def _path_of(pid: int) -> str:
     return next(e for e in env if e.startswith(b"PATH=")).decode()[5:]
 
 
+async def _hub(
+    session: aiohttp.ClientSession, port: int, token: str, within: float = 20.0
+) -> tuple[aiohttp.ClientWebSocketResponse, proto.Frame]:
+    """Connect to a node process as the integration does (retrying while it starts): welcome."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            ws = await session.ws_connect(
+                f"http://127.0.0.1:{port}/giot", max_msg_size=proto.MAX_FRAME_BYTES
+            )
+            break
+        except aiohttp.ClientConnectionError:
+            assert time.monotonic() < deadline, f"the node did not listen on {port}"
+            await asyncio.sleep(0.2)
+    challenge = proto.decode(await ws.receive_bytes(timeout=5))
+    proof = proto.proof(token, challenge.body["nonce"])
+    await ws.send_bytes(proto.encode("auth", {"proof": proof, "protocol": 1, "hub": "t"}))
+    welcome = proto.decode(await ws.receive_bytes(timeout=5))
+    assert welcome.kind == "welcome", welcome.body
+    return ws, welcome
+
+
 async def _status(ws: aiohttp.ClientWebSocketResponse, connected: bool, within: float) -> None:
     """Wait for a status frame saying ``connected``."""
     deadline = time.monotonic() + within
@@ -486,17 +521,7 @@ async def test_run_restarts_the_supernode_and_stops_on_sigterm(
         _start_node(fed, tmp_path / "node", port)
         node = fed.procs["node"]
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                try:
-                    ws = await session.ws_connect(f"http://127.0.0.1:{port}/giot")
-                    break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.2)
-            challenge = proto.decode(await ws.receive_bytes(timeout=5))
-            proof = proto.proof(token, challenge.body["nonce"])
-            await ws.send_bytes(proto.encode("auth", {"proof": proof, "protocol": 1, "hub": "t"}))
-            welcome = proto.decode(await ws.receive_bytes(timeout=5))
-            assert welcome.kind == "welcome", fed.logs()
+            ws, welcome = await _hub(session, port, token)
             if not welcome.body["connected"]:
                 await _status(ws, True, 20)
             first = _supernode_pids(node.pid)
@@ -615,13 +640,7 @@ async def test_flwr_run_trains_through_the_hub(
     monkeypatch.setenv("FLWR_HOME", str(fed.tmp / "home-cli"))
     hub = FakeHub()
     async with aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(
-            f"http://127.0.0.1:{port}/giot", max_msg_size=proto.MAX_FRAME_BYTES
-        )
-        challenge = proto.decode(await ws.receive_bytes(timeout=5))
-        proof = proto.proof(token, challenge.body["nonce"])
-        await ws.send_bytes(proto.encode("auth", {"proof": proof, "protocol": 1, "hub": "t"}))
-        assert proto.decode(await ws.receive_bytes(timeout=5)).kind == "welcome"
+        ws, _ = await _hub(session, port, token)
         serving = asyncio.create_task(hub.serve(ws))
         app = stage_app(fed.tmp / "giot-app")
         ckpt = fed.tmp / "checkpoints"
@@ -738,3 +757,192 @@ def main(grid, context):
     assert "untrusted_app: other/probe" in fed.log("node"), why
     assert not marker.exists(), why
     assert not (fed.tmp / "home-node" / "apps").exists(), why  # no FAB was ever installed
+
+
+# -- giot-server: TLS, node authentication, revocation, restart ---------------------------------
+
+REFUSED = "Failed to activate SuperNode"  # flower-supernode's words for a key nobody enrolled
+RECONNECTED = "Connection successful after"  # Flower's retry, once the SuperLink answers again
+
+
+def _tls_setup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path, str]:
+    """``giot-server init``, ``giot-node init``, ``giot-server enrol``: server home, node, token."""
+    home, node_dir = tmp_path / "server", tmp_path / "node"
+    done = gs(home, "init")
+    assert done.returncode == 0, done.stderr
+    assert {"127.0.0.1", "localhost"} <= set(server_names(home / "server.pem"))  # loopback
+    token = _init(node_dir, capsys)
+    done = gs(home, "enrol", str(node_dir / "supernode.key.pub"), "--name", "home")
+    assert done.returncode == 0, done.stderr
+    return home, node_dir, token
+
+
+def _serve_config(**overrides: bool | int | float | str) -> str:
+    """One short round of the hubs' model (no n-embd: ``giot-server run`` gives their shapes)."""
+    config = {k: v for k, v in RUN_CONFIG.items() if k != "n-embd"}
+    return run_config_arg(config | {"num-server-rounds": 1, "min-nodes": 1} | overrides)
+
+
+async def _until(check: Callable[[], bool], within: float, why: Callable[[], str]) -> float:
+    """Wait (the hub serving meanwhile) until ``check()``; the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < within, f"not within {within} s{why()}"
+        await asyncio.sleep(0.2)
+    return time.monotonic() - start
+
+
+def _superlink_log(home: Path) -> str:
+    path = home / "logs" / "superlink.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _why(fed: Federation, home: Path) -> Callable[[], str]:
+    return lambda: f"{fed.logs()}\n===== superlink.log =====\n{_superlink_log(home)[-4000:]}"
+
+
+async def _start_server(
+    fed: Federation, name: str, home: Path, run_config: str, wait: bool = True
+) -> None:
+    """``giot-server run`` (TLS, node authentication on) on ``fed``'s port; ``wait``: till ready."""
+    fed.start(
+        name,
+        "python",
+        "-m",
+        "giot_server",
+        "--home",
+        str(home),
+        "--port",
+        str(fed.port),
+        "--no-advertise",
+        "--no-status-page",
+        "--run-config",
+        run_config,
+        env=NODE_ENV,
+    )
+    proc = fed.procs[name]
+    if wait:
+        ready = home / "server.json"
+        await _until(lambda: ready.exists() or proc.poll() is not None, 60, _why(fed, home))
+        assert proc.poll() is None, _why(fed, home)()
+
+
+def _stamps(home: Path, text: str) -> list[float]:
+    """Unix times of the SuperLink's (uvicorn's) log lines that contain ``text``."""
+    out = []
+    for line in _superlink_log(home).splitlines():
+        if text in line:
+            with contextlib.suppress(IndexError, ValueError):
+                out.append(dt.datetime.fromisoformat(line.split()[0]).timestamp())
+    return out
+
+
+async def _exit_code(fed: Federation, name: str, home: Path, within: float) -> int:
+    proc = fed.procs[name]
+    await _until(lambda: proc.poll() is not None, within, _why(fed, home))
+    return int(proc.returncode)
+
+
+async def _stop_server(fed: Federation, name: str, home: Path) -> int:
+    """SIGTERM it once (``Federation.kill`` signals its group and itself: two); its exit code."""
+    fed.procs[name].send_signal(signal.SIGTERM)
+    return await _exit_code(fed, name, home, 45)
+
+
+async def test_tls_node_trains_through_the_hub_and_its_revoked_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, node_dir, token = _tls_setup(tmp_path, capsys)
+    fed, hub, port = Federation(tmp_path), FakeHub(), free_ports(1)[0]
+    why = _why(fed, home)
+    try:
+        _start_node(fed, node_dir, port, ca=home / "ca.pem")
+        async with aiohttp.ClientSession() as session:
+            ws, _ = await _hub(session, port, token)
+            serving = asyncio.create_task(hub.serve(ws))
+            await _start_server(fed, "server", home, _serve_config())
+            assert await _exit_code(fed, "server", home, 90) == 0, why()
+            assert "--root-certificates" in fed.log("node"), why()
+            assert "--insecure" not in fed.log("node"), why()
+            assert _superlink_log(home).count("Activated node_id") == 1, why()
+            train = [t for t in hub.tasks if t.body["kind"] == "train"]
+            assert [t.body["round"] for t in train] == [1], why()
+            hub_model = ModelManager(None, Vocabulary.default()).model.params  # vocab 990, 64 wide
+            shapes = {k: v.shape for k, v in hub_model.items()}
+            assert {k: v.shape for k, v in train[0].arrays.items()} == shapes, why()
+            rounds = read_history(home / "checkpoints").rounds
+            assert [(r["round"], r["asked"], r["accepted"]) for r in rounds] == [(1, 1, 1)], why()
+
+            # Revoked (the server is down: applied at its start), then round 2 of the same run:
+            # the server waits for a node, the node's key is refused, the hub hears of no task.
+            done = gs(home, "revoke", str(node_dir / "supernode.key.pub"))
+            assert done.returncode == 0, done.stderr
+            seen, refused = len(hub.tasks), fed.log("node").count(REFUSED)
+            mark = len(_superlink_log(home))
+            config = _serve_config(**{"num-server-rounds": 2})
+            await _start_server(fed, "server-revoked", home, config)
+            await _until(lambda: fed.log("node").count(REFUSED) >= refused + 2, 60, why)
+            assert "resuming after round 1" in fed.log("server-revoked"), why()
+            refusal = "No SuperNode found with the given public key"  # the SuperLink's side
+            assert refusal in _superlink_log(home)[mark:], why()
+            assert "Activated node_id" not in _superlink_log(home)[mark:], why()
+            status = json.loads(gs(home, "status").stdout)
+            assert (status["enrolled"], status["nodes"]) == ({}, []), status
+            assert await _stop_server(fed, "server-revoked", home) == 0, why()
+            assert len(hub.tasks) == seen, why()
+            assert len(read_history(home / "checkpoints").rounds) == 1, why()
+            await ws.close()
+            serving.cancel()
+    finally:
+        fed.stop()
+
+
+async def test_the_node_reconnects_when_the_server_restarts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The SuperNode outlives the SuperLink and comes back by itself (Flower's retries).
+
+    It prints (``-s``) how long the SuperLink was down and how long after it came up the node
+    was back. After a longer outage Flower's backoff (full jitter, at most 20 s between tries)
+    adds up to 20 s.
+    """
+    home, node_dir, token = _tls_setup(tmp_path, capsys)
+    fed, hub, port = Federation(tmp_path), FakeHub(), free_ports(1)[0]
+    why = _why(fed, home)
+    try:
+        _start_node(fed, node_dir, port, ca=home / "ca.pem")
+        async with aiohttp.ClientSession() as session:
+            ws, _ = await _hub(session, port, token)
+            serving = asyncio.create_task(hub.serve(ws))
+            # A run that waits for a second node: this one activates, no round starts.
+            await _start_server(fed, "server", home, _serve_config(**{"min-nodes": 2}))
+            await _until(lambda: "Activated node_id" in _superlink_log(home), 60, why)
+            assert await _stop_server(fed, "server", home) == 0, why()
+            assert hub.tasks == [], why()
+
+            mark = len(fed.log("node"))
+            await _start_server(fed, "server-again", home, _serve_config(), wait=False)
+
+            def back() -> bool:
+                after = fed.log("node")[mark:]
+                return RECONNECTED in after or "SuperNode ID" in after  # or a new SuperNode
+
+            await _until(back, 90, why)
+            back_at = time.time()
+            await _until(lambda: bool(hub.tasks), 60, why)
+            task_at = time.time()
+            assert await _exit_code(fed, "server-again", home, 90) == 0, why()
+            rounds = read_history(home / "checkpoints").rounds
+            assert [(r["round"], r["accepted"]) for r in rounds] == [(1, 1)], why()
+            ended, up = _stamps(home, "Finished server process"), _stamps(home, "Uvicorn running")
+            restarts = fed.log("node").count("flower-supernode exited")
+            if ended and len(up) == 2:
+                print(
+                    f"\nSuperLink down {up[1] - ended[0]:.1f} s; the node back "
+                    f"{back_at - up[1]:.1f} s after it came up, the first task at the hub "
+                    f"{task_at - up[1]:.1f} s after; SuperNode restarted {restarts} time(s)"
+                )
+            await ws.close()
+            serving.cancel()
+    finally:
+        fed.stop()
