@@ -32,12 +32,10 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import tracemalloc
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,23 @@ from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.event import async_track_state_change_event
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from benchmarks.ha._measure import (
+    CallbackTimer,
+    GcPauses,
+    Stall,
+    StallWatch,
+    detector_cpu_s,
+    detector_rss_mb,
+    full_collection,
+    lag_probe,
+    reference_result,
+    reference_stalls,
+    rss_mb,
+    shared_with_reference,
+    stall_split,
+    start_reference,
+    write_report,
+)
 from custom_components.giot.const import CONF_DEVICES, CONF_NETFLOW_PORT, DOMAIN
 from custom_components.giot.coordinator import GIoTCoordinator
 from giot_engine.detector_process import ProcessDetector
@@ -63,7 +78,6 @@ EVENTS_PER_S = int(os.environ.get("GIOT_BENCH_EVENTS", "1000"))
 FLOWS_PER_S = int(os.environ.get("GIOT_BENCH_FLOWS", "2000"))
 OUT = os.environ.get("GIOT_BENCH_OUT", str(ROOT / "docs" / "results" / "ha_load.md"))
 SENDER = os.environ.get("GIOT_BENCH_SENDER", "process")
-GC_MS = [0.0]  # cyclic-GC time so far (while a _GcPauses is started), for the callback timer
 TICKS: list[float] = []  # how long each tick of state changes held the loop
 PROFILE = bool(os.environ.get("GIOT_BENCH_PROFILE"))
 STALLS = bool(os.environ.get("GIOT_BENCH_STALLS"))
@@ -106,42 +120,9 @@ class Phase:
     gc_collections: tuple[int, ...] = (0, 0, 0)  # of generations 0, 1, 2
     gc_worst_by_generation: tuple[float, ...] = (0.0, 0.0, 0.0)
     gc_cpu_worst_ms: float = 0.0
-    callbacks: _CallbackTimer | None = None
+    callbacks: CallbackTimer | None = None
     stalls: list[Stall] | None = None
     reference: dict[str, Any] | None = None  # the bare asyncio process's lag, same seconds
-
-
-def _rss_mb(pid: int | str = "self") -> float:
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return float("nan")
-    for line in lines:
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _child(coordinator: GIoTCoordinator) -> int | None:
-    """The detector's process (None if GIoT fell back to detecting in Home Assistant's)."""
-    detector = coordinator.detector
-    return detector.pid if isinstance(detector, ProcessDetector) else None
-
-
-def _child_rss_mb(coordinator: GIoTCoordinator) -> float:
-    pid = _child(coordinator)
-    return _rss_mb(pid) if pid is not None else 0.0
-
-
-def _child_cpu_s(coordinator: GIoTCoordinator) -> float:
-    """User + system CPU seconds the detector's process has used."""
-    if (pid := _child(coordinator)) is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_udp_port() -> int:
@@ -238,110 +219,6 @@ class _CycleGarbage:
         gc.garbage.clear()
 
 
-class _GcPauses:
-    """Time Python's cyclic collector: it stops every thread of the process, the loop's too."""
-
-    def __init__(self) -> None:
-        self.pauses: list[float] = []
-        self.by_generation = [0, 0, 0]  # collections of each generation
-        self.worst_by_generation = [0.0, 0.0, 0.0]
-        self.cpu_worst = 0.0  # the collecting thread's CPU time: the collector's own cost
-        self._cpu_started = 0.0
-        self._started = 0.0
-
-    def start(self) -> _GcPauses:
-        gc.callbacks.append(self._timer)
-        return self
-
-    def stop(self) -> None:
-        gc.callbacks.remove(self._timer)
-
-    def __enter__(self) -> _GcPauses:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _timer(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-            self._cpu_started = time.thread_time()
-        else:
-            self.cpu_worst = max(self.cpu_worst, (time.thread_time() - self._cpu_started) * 1000)
-            pause = (time.perf_counter() - self._started) * 1000
-            self.pauses.append(pause)
-            generation = min(info["generation"], 2)
-            self.by_generation[generation] += 1
-            self.worst_by_generation[generation] = max(self.worst_by_generation[generation], pause)
-            GC_MS[0] += pause
-
-    @property
-    def worst(self) -> float:
-        return max(self.pauses, default=0.0)
-
-
-def _outer(frame: Any, depth: int) -> list[Any]:
-    frames = []
-    while frame is not None and len(frames) < depth:
-        frames.append(frame)
-        frame = frame.f_back
-    return frames
-
-
-class _StallWatch:
-    """Sample the event loop thread's stack whenever it has not run for 4 ms.
-
-    The loop beats every 1 ms; a watchdog thread looks every 0.5 ms. A stall whose stack sits in
-    the selector (``select``/``epoll``) was spent waiting for the GIL or the CPU, not running
-    code on the loop.
-    """
-
-    def __init__(self) -> None:
-        self.beat = time.perf_counter()
-        self.thread_id = threading.get_ident()
-        self.stacks: dict[str, list[float]] = {}
-        self.stage = "setup"
-        self.stop = threading.Event()
-        self.watcher = threading.Thread(target=self._watch, daemon=True)
-
-    async def heartbeat(self) -> None:
-        while not self.stop.is_set():
-            self.beat = time.perf_counter()
-            await asyncio.sleep(0.001)
-
-    def _watch(self) -> None:
-        sampled_beat = None
-        last = time.perf_counter()
-        while not self.stop.is_set():
-            time.sleep(0.0005)
-            now = time.perf_counter()
-            if now - last > 0.004:  # this thread was held up too: every thread's position
-                frames = sys._current_frames()
-                stack = f"{self.stage}, the whole process held up:\n" + "".join(
-                    f"  thread {ident}: "
-                    + " <- ".join(
-                        f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}"
-                        for f in _outer(frame, 4)
-                    )
-                    + "\n"
-                    for ident, frame in frames.items()
-                    if ident != threading.get_ident()
-                )
-                self.stacks.setdefault(stack, []).append((now - last) * 1000)
-            last = now
-            late = now - self.beat
-            if late > 0.004 and sampled_beat != self.beat:
-                sampled_beat = self.beat
-                frame = sys._current_frames().get(self.thread_id)
-                if frame is not None:
-                    stack = self.stage + ":\n" + "".join(traceback.format_stack(frame, limit=-10))
-                    self.stacks.setdefault(stack, []).append(late * 1000)
-
-    def report(self) -> None:
-        for stack, lates in sorted(self.stacks.items(), key=lambda kv: -max(kv[1])):
-            print(f"--- {len(lates)} stalls, worst seen {max(lates):.1f} ms, in:\n{stack}")
-
-
 def _stop_sender(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait()
@@ -362,191 +239,6 @@ def _send(port: int, datagrams: list[bytes], stop: threading.Event) -> None:
             if delay > 0:
                 time.sleep(delay)
             sock.sendto(data, ("127.0.0.1", port))
-
-
-class _LoopThreadClock:
-    """The kernel's account of the loop thread (``/proc/<pid>/task/<tid>/schedstat``).
-
-    Splits a stall into time on a CPU (the loop running Python, ours or Home Assistant's), time
-    runnable but waiting for a CPU (other processes or the hypervisor had it), and the rest:
-    asleep although the timer was due, i.e. waiting for the GIL that another thread held.
-    """
-
-    def __init__(self) -> None:
-        path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
-        self._fd = os.open(path, os.O_RDONLY) if os.path.exists(path) else None
-
-    def read(self) -> tuple[int, int]:
-        if self._fd is None:
-            return 0, 0
-        on_cpu, waiting, _slices = os.pread(self._fd, 128, 0).split()
-        return int(on_cpu), int(waiting)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-
-
-@dataclass
-class Stall:
-    """One probe sleep that overshot by more than 5 ms, and where its time went."""
-
-    at: float  # time.monotonic() when it ended
-    lag_ms: float
-    on_cpu_ms: float
-    waiting_for_cpu_ms: float
-
-    @property
-    def asleep_ms(self) -> float:
-        """Neither on a CPU nor queued for one (the 1 ms asked for included): the GIL's wait."""
-        return max(0.0, self.lag_ms + 1.0 - self.on_cpu_ms - self.waiting_for_cpu_ms)
-
-
-async def _probe(
-    samples: list[float], stop: asyncio.Event, stalls: list[Stall] | None = None
-) -> None:
-    """Sleep 1 ms in a loop; every overshoot is time the loop could not run a ready task."""
-    loop = asyncio.get_running_loop()
-    clock = _LoopThreadClock()
-    try:
-        while not stop.is_set():
-            cpu_before, wait_before = clock.read()
-            before = loop.time()
-            await asyncio.sleep(0.001)
-            lag = (loop.time() - before - 0.001) * 1000
-            samples.append(lag)
-            if lag > 5.0 and stalls is not None:
-                cpu_after, wait_after = clock.read()
-                stalls.append(
-                    Stall(
-                        time.monotonic(),
-                        lag,
-                        (cpu_after - cpu_before) / 1e6,
-                        (wait_after - wait_before) / 1e6,
-                    )
-                )
-    finally:
-        clock.close()
-
-
-class _CallbackTimer:
-    """Time every callback the loop runs (wall and the loop thread's CPU time).
-
-    A callback that runs long is the loop blocked in the plain sense; its CPU time says whether
-    it was computing or was itself held up (preempted, or waiting for the GIL).
-    """
-
-    def __init__(self) -> None:
-        self.worst: list[tuple[float, float, str]] = []  # wall ms, cpu ms, what
-        self.over_5ms = 0
-        self.count = 0
-        # GIoT's own callbacks (their code is the integration's): the longest, and the longest
-        # without the collector's pauses in them, both as (wall ms, cpu ms, gc ms, what)
-        self.giot_worst = (0.0, 0.0, 0.0, "-")
-        self.giot_worst_without_gc = (0.0, 0.0, 0.0, "-")
-        self._original = asyncio.events.Handle._run
-
-    def start(self) -> _CallbackTimer:
-        original, timer = self._original, self
-
-        def timed(handle: asyncio.Handle) -> None:
-            callback = handle._callback  # type: ignore[attr-defined]  # gone once it has run
-            gc_before = GC_MS[0]
-            wall, cpu = time.perf_counter(), time.thread_time()
-            original(handle)
-            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-            timer.count += 1
-            if wall > 0.001:
-                timer._note(wall * 1000, cpu * 1000, callback, GC_MS[0] - gc_before)
-
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
-        return self
-
-    def stop(self) -> None:
-        asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
-
-    def _note(self, wall_ms: float, cpu_ms: float, callback: Any, gc_ms: float) -> None:
-        self.over_5ms += wall_ms > 5.0
-        owner = getattr(callback, "__self__", None)
-        if isinstance(owner, asyncio.Task):
-            what = f"task {owner.get_coro().__qualname__}"  # type: ignore[union-attr]
-        else:
-            what = str(getattr(callback, "__qualname__", None) or repr(callback))[:80]
-            if isinstance(getattr(owner, "key", None), str):  # e.g. which Store saves
-                what += f" ({owner.key})"  # type: ignore[union-attr]
-        if _is_giot(callback):
-            timing = (wall_ms, cpu_ms, gc_ms, what)
-            self.giot_worst = max(self.giot_worst, timing)
-            if wall_ms - gc_ms > self.giot_worst_without_gc[0] - self.giot_worst_without_gc[2]:
-                self.giot_worst_without_gc = timing
-        if gc_ms > 0.05:
-            what += f" (GC {gc_ms:.1f} ms of it)"
-        self.worst.append((wall_ms, cpu_ms, what))
-        self.worst.sort(reverse=True)
-        del self.worst[5:]
-
-    @property
-    def worst_wall_ms(self) -> float:
-        return self.worst[0][0] if self.worst else 0.0
-
-
-def _is_giot(callback: Any) -> bool:
-    """Whether a loop callback runs the integration's code (a task of a GIoT coroutine too)."""
-    owner = getattr(callback, "__self__", None)
-    if isinstance(owner, asyncio.Task):
-        callback = owner.get_coro()
-    while isinstance(callback, partial):
-        callback = callback.func
-    code = getattr(callback, "cr_code", None) or getattr(
-        getattr(callback, "__func__", callback), "__code__", None
-    )
-    return code is not None and f"custom_components{os.sep}giot" in code.co_filename
-
-
-REFERENCE_CODE = """
-import asyncio, json, os, sys, time
-def clock(fd):
-    on_cpu, waiting, _ = os.pread(fd, 128, 0).split()
-    return int(on_cpu) / 1e6, int(waiting) / 1e6
-async def main(seconds):
-    loop, stalls, worst, count = asyncio.get_running_loop(), [], 0.0, 0
-    fd = os.open(f"/proc/self/task/{os.getpid()}/schedstat", os.O_RDONLY)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        cpu, waiting = clock(fd)
-        before = loop.time()
-        await asyncio.sleep(0.001)
-        lag = (loop.time() - before - 0.001) * 1000
-        count += 1
-        worst = max(worst, lag)
-        if lag > 2.0:
-            cpu_after, waiting_after = clock(fd)
-            stalls.append((time.monotonic(), lag, cpu_after - cpu, waiting_after - waiting))
-    print(json.dumps({"worst": worst, "count": count, "stalls": stalls}))
-asyncio.run(main(float(sys.argv[1])))
-"""
-
-
-def _start_reference(seconds: float) -> subprocess.Popen[bytes]:
-    """A bare asyncio process beside Home Assistant: the loop lag this machine has anyway."""
-    return subprocess.Popen(
-        [sys.executable, "-c", REFERENCE_CODE, str(seconds)], stdout=subprocess.PIPE
-    )
-
-
-def _reference_result(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    out, _ = proc.communicate()
-    result: dict[str, Any] = json.loads(out)
-    return result
-
-
-def _shared_with_reference(stalls: list[Stall], reference: dict[str, Any]) -> int:
-    """How many of our stalls overlap one of the bare process's (over 2 ms) in time."""
-    theirs = [(end - lag / 1000, end) for end, lag, _, _ in reference["stalls"]]
-    return sum(
-        any(start < stall.at and stall.at - stall.lag_ms / 1000 < end for start, end in theirs)
-        for stall in stalls
-    )
 
 
 async def _states(hass: HomeAssistant, entities: list[str], stop: asyncio.Event) -> int:
@@ -617,8 +309,8 @@ async def _phase(
         _datagrams, int(time.time()), seconds, np.random.default_rng(len(name))
     )
     await hass.async_block_till_done()
-    rss_before = _rss_mb()
-    child_rss_before, child_cpu_before = _child_rss_mb(coordinator), _child_cpu_s(coordinator)
+    rss_before = rss_mb()
+    child_rss_before, child_cpu_before = detector_rss_mb(coordinator), detector_cpu_s(coordinator)
     exporter = (
         await hass.async_add_executor_job(_start_sender, port, datagrams)
         if SENDER == "process"
@@ -632,11 +324,11 @@ async def _phase(
     flows_before = coordinator.netflow.stats.flows if coordinator.netflow else 0
     scored_before, dropped_before = _scored(coordinator), coordinator.ingest.dropped
     sender = threading.Thread(target=_send, args=(port, datagrams, stop_threads), daemon=True)
-    probe = asyncio.create_task(_probe(samples, stop, stalls))
+    probe = asyncio.create_task(lag_probe(samples, stop, stalls))
     states = asyncio.create_task(_states(hass, entities, stop))
-    gc_pauses = _GcPauses().start()
-    callbacks = _CallbackTimer().start()
-    reference = _start_reference(seconds)
+    gc_pauses = GcPauses().start()
+    callbacks = CallbackTimer().start()
+    reference = start_reference(seconds)
     profile = cProfile.Profile() if PROFILE and not trace else None
     if profile is not None:  # the event loop's thread only: what runs on the loop
         profile.enable()
@@ -679,9 +371,9 @@ async def _phase(
         tracemalloc.stop()
     gc_pauses.stop()
     pauses = gc_pauses.pauses
-    reference_lag = await hass.async_add_executor_job(_reference_result, reference)
-    rss_after = _rss_mb()
-    child_rss_after, child_cpu = _child_rss_mb(coordinator), _child_cpu_s(coordinator)
+    reference_lag = await hass.async_add_executor_job(reference_result, reference)
+    rss_after = rss_mb()
+    child_rss_after, child_cpu = detector_rss_mb(coordinator), detector_cpu_s(coordinator)
     flows_sent = (coordinator.netflow.stats.flows if coordinator.netflow else 0) - flows_before
     await hass.async_block_till_done()
     ordered = sorted(samples)
@@ -732,11 +424,11 @@ async def _baseline(
         if listened
         else None
     )
-    reference = _start_reference(seconds)
-    callbacks = _CallbackTimer().start()
-    with _GcPauses() as pauses:
+    reference = start_reference(seconds)
+    callbacks = CallbackTimer().start()
+    with GcPauses() as pauses:
         stop = asyncio.Event()
-        probe = asyncio.create_task(_probe(samples, stop, stalls))
+        probe = asyncio.create_task(lag_probe(samples, stop, stalls))
         states = asyncio.create_task(_states(hass, entities, stop))
         await asyncio.sleep(seconds)
         stop.set()
@@ -745,7 +437,7 @@ async def _baseline(
     callbacks.stop()
     if unsub is not None:
         unsub()
-    bare = await hass.async_add_executor_job(_reference_result, reference)
+    bare = await hass.async_add_executor_job(reference_result, reference)
     ordered = sorted(samples)
     worst = callbacks.worst[0] if callbacks.worst else (0.0, 0.0, "-")
     return (
@@ -753,7 +445,7 @@ async def _baseline(
         + (" with a state-change listener that does nothing:" if listened else " nobody listening:")
         + f" loop lag max {ordered[-1]:.1f} ms, p99 {ordered[int(0.99 * (len(ordered) - 1))]:.2f}"
         f" ms, {sum(1 for x in samples if x > 5.0)} of {len(samples):,} sleeps > 5 ms"
-        f" ({_stall_split(stalls)}); longest callback {worst[0]:.1f} / {worst[1]:.1f} ms CPU"
+        f" ({stall_split(stalls)}); longest callback {worst[0]:.1f} / {worst[1]:.1f} ms CPU"
         f" {worst[2]}; GC collections of generation 0/1/2"
         f" {'/'.join(map(str, pauses.by_generation))}, longest pause {pauses.worst:.1f} ms;"
         f" the bare asyncio process beside it: max {bare['worst']:.1f} ms.\n"
@@ -762,7 +454,7 @@ async def _baseline(
 
 async def test_ha_load(hass: HomeAssistant) -> None:
     """Sustain the load for each phase and write the results."""
-    rss_start = _rss_mb()
+    rss_start = rss_mb()
     # The test harness runs the loop in asyncio debug mode (a stack captured for every handle
     # and future, several times the loop's cost); Home Assistant in production does not.
     asyncio.get_running_loop().set_debug(False)
@@ -772,7 +464,7 @@ async def test_ha_load(hass: HomeAssistant) -> None:
         asyncio.get_running_loop().slow_callback_duration = (
             float(os.environ["GIOT_BENCH_SLOW_MS"]) / 1000
         )
-    watch = _StallWatch() if STALLS else None
+    watch = StallWatch() if STALLS else None
     beat = None
     if watch is not None:
         watch.watcher.start()
@@ -799,7 +491,7 @@ async def test_ha_load(hass: HomeAssistant) -> None:
         entities.append(entity.entity_id)
     baseline = await _baseline(hass, entities, min(SECONDS, 10.0), listened=False)
     baseline += await _baseline(hass, entities, min(SECONDS, 10.0), listened=True)
-    full_before = _full_collection()
+    full_before = full_collection()
     port = _free_udp_port()
     entry = MockConfigEntry(
         domain=DOMAIN, data={}, options={CONF_DEVICES: devices, CONF_NETFLOW_PORT: port}
@@ -809,8 +501,8 @@ async def test_ha_load(hass: HomeAssistant) -> None:
     await hass.async_block_till_done()
     coordinator: GIoTCoordinator = entry.runtime_data.coordinator
     assert isinstance(coordinator.detector, ProcessDetector)
-    rss_setup = _rss_mb()
-    child_setup = _child_rss_mb(coordinator)
+    rss_setup = rss_mb()
+    child_setup = detector_rss_mb(coordinator)
     slices = _time_slices(hass, coordinator) if os.environ.get("GIOT_BENCH_SLICES") else None
 
     # Warm-up: every host and device seen (entities created), windows stored.
@@ -825,17 +517,17 @@ async def test_ha_load(hass: HomeAssistant) -> None:
     train_lag: list[float] = []
     train_stalls: list[Stall] = []
     stop_probe = asyncio.Event()
-    probe = asyncio.create_task(_probe(train_lag, stop_probe, train_stalls))
+    probe = asyncio.create_task(lag_probe(train_lag, stop_probe, train_stalls))
     t_train = time.monotonic()
-    train_callbacks = _CallbackTimer().start()
-    train_reference = _start_reference(15.0)  # about as long as training takes here
-    with _GcPauses() as train_gc:
+    train_callbacks = CallbackTimer().start()
+    train_reference = start_reference(15.0)  # about as long as training takes here
+    with GcPauses() as train_gc:
         result = await coordinator.training.async_train()
         train_wall = time.monotonic() - t_train
         stop_probe.set()
         await probe
     train_callbacks.stop()
-    train_reference_lag = await hass.async_add_executor_job(_reference_result, train_reference)
+    train_reference_lag = await hass.async_add_executor_job(reference_result, train_reference)
     train_lag.sort()
     print("longest callbacks while training:", train_callbacks.worst)
     # A hub whose model has learnt scores with GIoT (the model beats the bigram counts here).
@@ -846,8 +538,8 @@ async def test_ha_load(hass: HomeAssistant) -> None:
     phases.append(
         await _phase(hass, coordinator, f"{scorer} scorer, tracemalloc", entities, 5.0, trace=True)
     )
-    rss_end = _rss_mb()
-    full_after = _full_collection()
+    rss_end = rss_mb()
+    full_after = full_collection()
     if os.environ.get("GIOT_BENCH_GARBAGE"):
         print("tracked objects added:", (full_after[2] - full_before[2]).most_common(25))
     if watch is not None and beat is not None:
@@ -878,42 +570,14 @@ async def test_ha_load(hass: HomeAssistant) -> None:
         f"- Event-loop lag while training (no other load): max {train_lag[-1]:.1f} ms,"
         f" p99 {train_lag[int(0.99 * (len(train_lag) - 1))]:.2f} ms; longest GC pause"
         f" {train_gc.worst:.1f} ms; longest loop callback {train_callbacks.worst_wall_ms:.1f} ms;"
-        f" {_stall_split(train_stalls)}; the bare asyncio process beside it (15 s):"
+        f" {stall_split(train_stalls)}; the bare asyncio process beside it (15 s):"
         f" max {train_reference_lag['worst']:.1f} ms,"
-        f" {_stall_split(_reference_stalls(train_reference_lag))}.\n"
+        f" {stall_split(reference_stalls(train_reference_lag))}.\n"
     )
     report += _loop_section(phases)
     print(report)
     if OUT:
-        await hass.async_add_executor_job(_write, Path(OUT), report)
-
-
-def _full_collection() -> tuple[float, int, Counter[str]]:
-    """How long a full collection takes now, over how many tracked objects (and their types)."""
-    gc.collect()  # garbage first: the second one walks only what is alive
-    start = time.perf_counter()
-    gc.collect()
-    took = (time.perf_counter() - start) * 1000
-    tracked = gc.get_objects()
-    kinds = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in tracked)
-    return took, len(tracked), kinds
-
-
-def _stall_split(stalls: list[Stall]) -> str:
-    if not stalls:
-        return "no sleep overshot 5 ms"
-    total = sum(stall.lag_ms + 1.0 for stall in stalls)
-    cpu = sum(stall.on_cpu_ms for stall in stalls)
-    waiting = sum(stall.waiting_for_cpu_ms for stall in stalls)
-    asleep = sum(stall.asleep_ms for stall in stalls)
-    return (
-        f"{len(stalls)} sleeps overshot 5 ms, their time {cpu / total:.0%} on a CPU,"
-        f" {waiting / total:.0%} waiting for one, {asleep / total:.0%} asleep (GIL)"
-    )
-
-
-def _reference_stalls(reference: dict[str, Any]) -> list[Stall]:
-    return [Stall(*stall) for stall in reference["stalls"] if stall[1] > 5.0]
+        await hass.async_add_executor_job(write_report, Path(OUT), report)
 
 
 def _giot_timing(timing: tuple[float, float, float, str]) -> str:
@@ -948,18 +612,11 @@ def _loop_section(phases: list[Phase]) -> str:
             f"| {p.name} | {p.callbacks.count:,} | {p.callbacks.over_5ms} | {worst or '-'} |"
             f" {_giot_timing(p.callbacks.giot_worst)} |"
             f" {_giot_timing(p.callbacks.giot_worst_without_gc)} |"
-            f" {_stall_split(p.stalls)} | {ref['worst']:.1f}, {ref_over} of {ref['count']:,}"
-            f" ({_stall_split(_reference_stalls(ref))}) |"
-            f" {_shared_with_reference(p.stalls, ref)} of {len(p.stalls)} |"
+            f" {stall_split(p.stalls)} | {ref['worst']:.1f}, {ref_over} of {ref['count']:,}"
+            f" ({stall_split(reference_stalls(ref))}) |"
+            f" {shared_with_reference(p.stalls, ref)} of {len(p.stalls)} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _write(path: Path, report: str) -> None:
-    """Write the generated report; a hand-written part (from the first "## " on) stays."""
-    old = path.read_text() if path.exists() else ""
-    kept = old[old.index("\n## ") :] if "\n## " in old else ""
-    path.write_text(report + kept)
 
 
 def _report(
