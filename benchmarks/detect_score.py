@@ -15,23 +15,19 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-import numpy as np
-
-from giot_engine.context import TokenScorer
-from giot_engine.detector import BigramModel, Detector, DetectorConfig
-from giot_engine.model import GIoTConfig, GIoTModel
-from giot_engine.records import FlowRecord, ParseStats
-from giot_engine.signature import SignatureHead, family_of
-from giot_engine.tokenizer import BOS_ID, PAD_ID, Vocabulary
-from giot_engine.train import AdamW, train_windows
-from giot_engine.zeek import FlowRow, iter_flow_rows
+from fl_server import base_model
+from fl_server.base_model import read_rows, score_rows
+from giot_engine.detector import Detector, DetectorConfig
+from giot_engine.records import ParseStats
+from giot_engine.tokenizer import Vocabulary
 
 SEED = 23
 DEFAULT_STEPS = 300
 WINDOW = 64
-BATCH = 256  # records per Detector.process_many call
+
+__all__ = ["TrainConfig", "main", "read_rows", "score_rows", "train_detector"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,89 +44,18 @@ class TrainConfig:
     n_head: int = 4
 
 
-def read_rows(path: str | os.PathLike[str], stats: ParseStats | None = None) -> list[FlowRow]:
-    """Every row of a capture in file order (accepted and rejected)."""
-    return list(iter_flow_rows(path, stats))
-
-
-def _windows(seqs: Sequence[Sequence[list[int]]], length: int) -> np.ndarray:
-    """Per-device flow sequences -> [BOS] + whole flows windows, half-overlapping, PAD-filled."""
-    rows: list[list[int]] = []
-    for flows in seqs:
-        i = 0
-        while i < len(flows):
-            row, j = [BOS_ID], i
-            while j < len(flows) and len(row) + len(flows[j]) <= length:
-                row += flows[j]
-                j += 1
-            if j == i:
-                break
-            rows.append(row + [PAD_ID] * (length - len(row)))
-            i = max(i + 1, (i + j) // 2) if j < len(flows) else len(flows)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, length)
-
-
-def _train_giot(windows: np.ndarray, vocab_size: int, cfg: TrainConfig) -> TokenScorer:
-    mcfg = GIoTConfig(
-        vocab_size=vocab_size,
-        n_positions=WINDOW,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-    )
-    model = GIoTModel.init(mcfg, cfg.seed)
-    mask = windows[:, 1:] != PAD_ID
-    train_windows(model, windows, cfg.steps, cfg.batch_size, cfg.seed, AdamW(lr=cfg.lr), mask)
-    return model.freeze()  # it only scores from here on, as a hub's model does
-
-
 def train_detector(
     train_paths: Sequence[str | os.PathLike[str]],
     train_cfg: TrainConfig | None = None,
     det_cfg: DetectorConfig | None = None,
 ) -> Detector:
-    """Fit the model and the signature head on the training captures; return a fresh detector."""
-    tcfg = train_cfg or TrainConfig()
-    vocab = Vocabulary.default()
-    seqs: list[list[list[int]]] = []
-    feats: list[np.ndarray] = []
-    fams: list[str] = []
-    for path in train_paths:
-        view = Detector(BigramModel(np.zeros((1, 1))), config=det_cfg, vocab=vocab)
-        per_device: dict[str, list[list[int]]] = {}
-        for row in iter_flow_rows(path):
-            if row.record is None:
-                continue
-            flow: FlowRecord = row.record
-            device, ids, f = view.observe(flow)
-            fam = family_of(flow.label, flow.detailed_label)
-            feats.append(f)
-            fams.append(fam)
-            if fam == "benign":
-                per_device.setdefault(device, []).append(ids)
-        seqs.extend(per_device.values())
-    windows = _windows(seqs, WINDOW)
-    if tcfg.model == "bigram" or len(windows) == 0:
-        model: TokenScorer = BigramModel.fit((w[w != PAD_ID] for w in windows), len(vocab))
-    else:
-        model = _train_giot(windows, len(vocab), tcfg)
-    head = SignatureHead.fit(np.asarray(feats).reshape(len(feats), -1), fams)
-    return Detector(model, head, det_cfg, vocab)
+    """Fit the model and the signature head on the training captures; return a fresh detector.
 
-
-def score_rows(detector: Detector, rows: Sequence[FlowRow]) -> list[tuple[str, float | None, int]]:
-    """(uid, score or None, alarm) for every row, in order."""
-    out: list[tuple[str, float | None, int]] = []
-    for lo in range(0, len(rows), BATCH):  # batches as a hub forms them; verdicts are the same
-        chunk = rows[lo : lo + BATCH]
-        verdicts = iter(detector.process_many([r.record for r in chunk if r.record is not None]))
-        for row in chunk:
-            if row.record is None:
-                out.append((row.uid or "", None, 0))
-                continue
-            v = next(verdicts)
-            out.append((row.record.uid or row.uid or "", round(float(v.score), 4), int(v.alarm)))
-    return out
+    The fit is the base model builder's (``fl_server.base_model.fit``), at this benchmark's size.
+    """
+    tcfg = base_model.TrainConfig(**asdict(train_cfg or TrainConfig()), window=WINDOW)
+    fitted = base_model.fit(train_paths, tcfg, det_cfg)
+    return Detector(fitted.model, fitted.head, det_cfg, Vocabulary.default())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,6 +82,9 @@ class RunConfig:
     gsfs_shared_index: bool
     gsfs_shared_clip: float
     checkpoint_dir: str
+    # round 0 and signatures
+    base_model: str
+    signing_key: str
 
     @classmethod
     def load(

@@ -5,13 +5,15 @@
     giot-node show-key [--state-dir DIR]   the public key to enrol (`giot-server enrol KEY`)
     giot-node run --superlink HOST:PORT (--root-certificates CA.pem | --insecure)
                   [--listen HOST:PORT] [--trust-app PUBLISHER/NAME ...] [--no-advertise]
-                  [--deadline-s S] [--state-dir DIR]
+                  [--deadline-s S] [--server-key signing.pub] [--state-dir DIR]
 
 ``run`` starts ``flower-supernode`` against the SuperLink and hands each train/evaluate message
 to the Home Assistant integration, which connects to ``ws://HOST:PORT/giot`` with the pairing
 token. The node learns nothing and runs no app code of the server's: runs of apps not in
-``--trust-app`` are refused. State lives in ``--state-dir`` (default ``$GIOT_NODE_HOME`` or
-``~/.local/share/giot-node``).
+``--trust-app`` are refused. ``--server-key`` is the server's model-signing key (its
+``signing.pub``): the node hands it to Home Assistant when it pairs, and the hub then refuses
+any global model the server did not sign. State lives in ``--state-dir`` (default
+``$GIOT_NODE_HOME`` or ``~/.local/share/giot-node``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,24 @@ def positive(value: str) -> float:
     return number
 
 
+def server_key(value: str) -> str:
+    """Read the server's Ed25519 public key file (PEM, as ``giot-server init`` writes it): hex."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PublicKey,
+    )
+
+    if not value:  # the default: no key
+        return ""
+    try:
+        key = serialization.load_pem_public_key(Path(value).expanduser().read_bytes())
+    except (OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"{value}: {err}") from err
+    if not isinstance(key, Ed25519PublicKey):
+        raise argparse.ArgumentTypeError(f"{value}: not an Ed25519 public key")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the whole command line (the HA app's ``run.sh`` is checked against it)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -117,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="how long a task may take when the server names no deadline (default 300)",
     )
+    run.add_argument(
+        "--server-key",
+        type=server_key,
+        default="",
+        metavar="signing.pub",
+        help="the server's model-signing public key (giot-server init writes it)",
+    )
     return parser
 
 
@@ -153,6 +180,7 @@ def _run(args: argparse.Namespace, state: NodeState) -> int:
         listen_host=host,
         listen_port=port,
         advertise=not args.no_advertise,
+        server_key=args.server_key,
     )
     return asyncio.run(serve(opts))
 

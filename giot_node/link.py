@@ -66,10 +66,11 @@ async def send_error(
 class Link:
     """Hub WebSocket + bridge, and the status both report."""
 
-    def __init__(self, state: NodeState, superlink: str) -> None:
+    def __init__(self, state: NodeState, superlink: str, server_key: str = "") -> None:
         self.state = state
         self.node_id = state.node_id()
         self.superlink = superlink
+        self.server_key = server_key  # hex; the hub learns it from ``welcome``
         self.hub: Hub | None = None
         self.pending: dict[str, tuple[Hub, asyncio.Future[proto.Frame]]] = {}
         self.expired: deque[str] = deque(maxlen=256)
@@ -191,6 +192,7 @@ class Link:
             "protocol": body["protocol"],
             "superlink": self.superlink,
             "connected": self.supernode_alive,
+            "server_key": self.server_key,
         }
         await send(ws, "welcome", welcome)
         return Hub(ws, body["hub"], peer)

@@ -38,6 +38,7 @@ class Options:
     listen_host: str
     listen_port: int
     advertise: bool
+    server_key: str = ""  # the server's Ed25519 public key (hex), told to the hub at pairing
 
 
 async def serve(opts: Options) -> int:
@@ -47,7 +48,7 @@ async def serve(opts: Options) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     state = opts.state
-    link = Link(state, opts.supernode.superlink)
+    link = Link(state, opts.supernode.superlink, opts.server_key)
     await link.start(opts.listen_host, opts.listen_port)
     announcement: Announcement | None = None
     if opts.advertise:

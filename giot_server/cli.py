@@ -1,6 +1,7 @@
 """``giot-server``: GIoT's aggregation server in one command.
 
-    giot-server init [--san NAME_OR_IP ...] [--force]   CA + server certificate (TLS)
+    giot-server init [--san NAME_OR_IP ...] [--force]   CA + server certificate (TLS), signing key
+    giot-server base-model --data DIR [--out DIR]        build (and sign) the base model: round 0
     giot-server enrol PUBLIC_KEY [--name NAME]           let a home node (SuperNode key) join
     giot-server revoke PUBLIC_KEY|FINGERPRINT            stop it joining (unregistered at once)
     giot-server status                                   certificates, keys, the running server
@@ -44,7 +45,7 @@ from giot_server.status_page import (
 )
 
 log = logging.getLogger("giot_server")
-COMMANDS = ("run", "init", "enrol", "revoke", "status", "status-page")
+COMMANDS = ("run", "init", "enrol", "revoke", "status", "status-page", "base-model")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,6 +101,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--force", action="store_true", help="replace existing certificates")
 
+    base = sub.add_parser(
+        "base-model", parents=[common], help="build the base model every hub starts from"
+    )
+    base.add_argument(
+        "--data", type=Path, required=True, help="folder holding iot23/ (labelled IoT-23 captures)"
+    )
+    base.add_argument("--out", type=Path, default=None, help="default: HOME/base-model")
+    base.add_argument("--seed", type=int, default=23, help="training seed (default %(default)s)")
+    base.add_argument("--steps", type=int, default=300, help="AdamW steps (default %(default)s)")
+    base.add_argument("--max-flows", type=int, default=None, help="flows read per capture, at most")
+    base.add_argument(
+        "--holdout",
+        default=None,
+        metavar="NAME",
+        help="capture (part of its name) the card's figures are measured on; 'none': no figures",
+    )
+    base.add_argument(
+        "--home-events",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a benign home event log folder the model also learns (repeatable)",
+    )
+    base.add_argument("--float16", action="store_true", help="store the weights in float16")
+    base.add_argument("--unsigned", action="store_true", help="do not sign (no server key)")
+
     enrol = sub.add_parser("enrol", parents=[common], help="enrol a SuperNode public key")
     enrol.add_argument("public_key", help="OpenSSH/PEM EC public key file (or its text)")
     enrol.add_argument("--name", default=None, help="a note kept beside the key")
@@ -135,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "revoke": lambda: _revoke(home, args.public_key),
         "status": lambda: _status(home),
         "status-page": lambda: _status_page(args, home),
+        "base-model": lambda: _base_model(args, home),
         "run": lambda: _run(args, home),
     }
     try:
@@ -198,6 +227,18 @@ def _logging(home: Home, verbose: bool, to_file: bool) -> None:
 
 def _init(home: Home, sans: list[str], force: bool) -> int:
     home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from fl_server.signing import create_key, public_hex  # noqa: PLC0415 - cryptography
+
+    if home.signing_key.exists():  # never replaced: paired hubs know it
+        log.info("signing key kept: %s", home.signing_key)
+    else:
+        key = create_key(home.root)
+        log.info(
+            "signing key %s (give %s to every node as --server-key; public key %s)",
+            home.signing_key,
+            home.signing_pub,
+            public_hex(key),
+        )
     try:
         names = certs.create(home.root, sans, force=force)
     except FileExistsError as err:
@@ -207,6 +248,59 @@ def _init(home: Home, sans: list[str], force: bool) -> int:
     log.info("server certificate %s for %s", home.certs.server_cert, ", ".join(names))
     if home.running() is not None:
         log.warning("a server runs on this home: restart it to use the new certificate")
+    return 0
+
+
+def _base_model(args: argparse.Namespace, home: Home) -> int:
+    from fl_server.base_model import BuildOptions, build  # noqa: PLC0415 - training code
+    from fl_server.signing import load_private_key  # noqa: PLC0415
+
+    key = None
+    if not args.unsigned:
+        if not home.signing_key.is_file():
+            log.error(
+                "no signing key in %s: run `giot-server init` (or give --unsigned)", home.root
+            )
+            return 1
+        key = load_private_key(home.signing_key)
+    words = ["giot-server base-model --data DATA", f"--seed {args.seed}", f"--steps {args.steps}"]
+    words += [f"--max-flows {args.max_flows}"] if args.max_flows else []
+    words += [f"--holdout {args.holdout}"] if args.holdout else []
+    words += [f"--home-events {p.name}" for p in args.home_events]
+    words += ["--float16"] if args.float16 else []
+    opts = BuildOptions(
+        data=args.data.expanduser(),
+        out=(args.out or home.base_model).expanduser().resolve(),
+        seed=args.seed,
+        steps=args.steps,
+        max_flows=args.max_flows,
+        holdout=args.holdout,
+        homes=tuple(p.expanduser() for p in args.home_events),
+        dtype="F16" if args.float16 else "F32",
+        command=" ".join(words),
+    )
+    try:
+        built = build(opts, key)
+    except (OSError, ValueError) as err:
+        log.error("no base model built: %s", err)
+        return 1
+    log.info(
+        "base model %s in %s: %d parameters, %d bytes of model files, %s",
+        built.version,
+        built.directory,
+        built.parameters,
+        sum(built.files.values()),
+        "signed" if key is not None else "unsigned",
+    )
+    if built.metrics is not None:
+        m = built.metrics
+        log.info(
+            "held out %s: window F1 %.3f, AUROC %.3f, %.2f false alarms per device-day",
+            built.holdout,
+            m.window_f1,
+            m.window_auroc,
+            m.fa_per_device_day,
+        )
     return 0
 
 

@@ -3,6 +3,8 @@
 Everything lives under the server's home (``HOME``)::
 
     ca.pem ca.key server.pem server.key    TLS (giot-server init; keys 0600)
+    signing.key signing.pub                Ed25519 key that signs models (giot-server init; 0600)
+    base-model/                            round 0 (giot-server base-model; signed)
     enrolled/*.pub                         SuperNode public keys (giot-server enrol / revoke)
     superlink.db                           the SuperLink's state (node registrations, runs)
     checkpoints/round-NNNNNN.npz           the ServerApp's checkpoints (run-config checkpoint-dir)
@@ -46,6 +48,9 @@ from giot_server.certs import CertPaths, server_names
 from giot_server.control import Control
 from giot_server.enrolment import Enrolment
 from giot_server.status_page import StatusConfig, StatusServer
+
+SIGNING_KEY = "signing.key"  # fl_server.signing.KEY_FILE (imported there with cryptography)
+SIGNING_PUB = "signing.pub"
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,18 @@ class Home:
     @property
     def state(self) -> Path:
         return self.root / "server.json"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / SIGNING_KEY
+
+    @property
+    def signing_pub(self) -> Path:
+        return self.root / SIGNING_PUB
+
+    @property
+    def base_model(self) -> Path:
+        return self.root / "base-model"
 
     def running(self) -> dict[str, object] | None:
         """Return the running server's ``server.json``, or None when none runs."""
@@ -293,6 +310,7 @@ class Server:
         config = [
             f"checkpoint-dir={_toml_str(str(self.home.checkpoints))}",
             *hub_model_run_config(),
+            *self.signing_run_config(),
             *self.opts.run_config,  # later keys win: a run may still choose another model
         ]
         cmd = [str(BIN / "flwr"), "run", str(staged), CONNECTION, "--stream"]
@@ -312,6 +330,18 @@ class Server:
             target=_tee, args=(self.flwr_run.stdout, self.home.logs / "run.log"), daemon=True
         )
         self._pump.start()
+
+    def signing_run_config(self) -> list[str]:
+        """Sign with the home's key and start from its base model, where they exist."""
+        config = []
+        if self.home.signing_key.is_file():
+            config.append(f"signing-key={_toml_str(str(self.home.signing_key))}")
+        else:
+            log.warning("no %s: global models go out unsigned", self.home.signing_key)
+        if (self.home.base_model / "MANIFEST.json").is_file():
+            config.append(f"base-model={_toml_str(str(self.home.base_model))}")
+            log.info("round 0: the base model in %s", self.home.base_model)
+        return config
 
     def stop(self) -> None:
         """Stop the run, the SuperLink and everything they started; idempotent."""

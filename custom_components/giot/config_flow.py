@@ -54,6 +54,7 @@ from .const import (
     CONF_NODE_TOKEN,
     CONF_RETENTION_DAYS,
     CONF_SENSITIVITY,
+    CONF_SERVER_KEY,
     CONF_ZEEK_PATH,
     DEFAULT_FEDERATION,
     DEFAULT_NODE_PORT,
@@ -89,8 +90,15 @@ NODE_SCHEMA = probatio.Schema(
 TOKEN_SCHEMA = probatio.Schema({probatio.Required(CONF_NODE_TOKEN): TOKEN_SELECTOR})
 
 
-def _node_data(host: str, port: int, token: str) -> dict[str, Any]:
-    return {CONF_NODE_HOST: host, CONF_NODE_PORT: port, CONF_NODE_TOKEN: token}
+def _node_data(host: str, port: int, token: str, hello: NodeHello) -> dict[str, Any]:
+    """Entry data of a paired node: where it is, its token, and the server's key it named."""
+    data: dict[str, Any] = {CONF_NODE_HOST: host, CONF_NODE_PORT: port, CONF_NODE_TOKEN: token}
+    return data | _server_key(hello)
+
+
+def _server_key(hello: NodeHello) -> dict[str, Any]:
+    """Keep the server's model-signing key, learnt here at pairing (none: the node had none)."""
+    return {CONF_SERVER_KEY: hello.server_key} if hello.server_key else {}
 
 
 def _federation_on(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,7 +173,7 @@ class GIoTConfigFlow(ConfigFlow, domain=DOMAIN):
                 self._abort_if_unique_id_configured()
                 return self.async_create_entry(
                     title=TITLE,
-                    data=_node_data(host, port, token),
+                    data=_node_data(host, port, token, hello),
                     options=_federation_on({}),
                 )
         return self.async_show_form(
@@ -201,7 +209,7 @@ class GIoTConfigFlow(ConfigFlow, domain=DOMAIN):
             if hello is not None:
                 if hello.node_id != self.unique_id:  # not the node that was announced
                     return self.async_abort(reason="invalid_discovery_info")
-                data = _node_data(self._host, self._port, token)
+                data = _node_data(self._host, self._port, token, hello)
                 if entries := self._async_current_entries(include_ignore=False):
                     return self.async_update_reload_and_abort(
                         entries[0],
@@ -239,7 +247,7 @@ class GIoTConfigFlow(ConfigFlow, domain=DOMAIN):
                 return self.async_update_reload_and_abort(
                     entry,
                     unique_id=hello.node_id,
-                    data=_node_data(host, port, token),
+                    data=_node_data(host, port, token, hello),
                     options=_federation_on(entry.options),
                 )
         suggested = {k: v for k, v in (user_input or entry.data).items() if k != CONF_NODE_TOKEN}
@@ -268,7 +276,9 @@ class GIoTConfigFlow(ConfigFlow, domain=DOMAIN):
                 if entry.unique_id not in (None, hello.node_id):
                     return self.async_abort(reason="unique_id_mismatch")
                 return self.async_update_reload_and_abort(
-                    entry, unique_id=hello.node_id, data_updates={CONF_NODE_TOKEN: token}
+                    entry,
+                    unique_id=hello.node_id,
+                    data_updates={CONF_NODE_TOKEN: token, **_server_key(hello)},
                 )
         return self.async_show_form(
             step_id="reauth_confirm",

@@ -3,6 +3,7 @@
 import logging
 from datetime import timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Final
 
 DOMAIN: Final = "giot"
@@ -12,6 +13,13 @@ CONF_NODE_HOST: Final = "node_host"
 CONF_NODE_PORT: Final = "node_port"
 # The pairing token `giot-node pair` prints; it never crosses the link (node_protocol.proof).
 CONF_NODE_TOKEN: Final = "node_token"
+# The aggregation server's model-signing key (Ed25519, hex), learnt from the node at pairing:
+# every global model must carry its signature ("" = the node was given none: unsigned accepted).
+CONF_SERVER_KEY: Final = "server_key"
+
+# The small base model shipped with the integration (scripts/build-base-model): a hub without a
+# model of its own starts from it, known-attack head included.
+BASE_MODEL_DIR: Final = Path(__file__).parent / "base_model"
 
 ZEROCONF_TYPE: Final = "_giot._tcp.local."
 DEFAULT_NODE_PORT: Final = 9093

@@ -41,6 +41,7 @@ from .const import (
     ALARM_HOLD,
     AWAY_EVENT_OFFSET,
     AWAY_FLOW_OFFSET,
+    BASE_MODEL_DIR,
     CONF_AREAS,
     CONF_DEVICES,
     CONF_FEDERATION,
@@ -48,6 +49,7 @@ from .const import (
     CONF_NETFLOW_PORT,
     CONF_RETENTION_DAYS,
     CONF_SENSITIVITY,
+    CONF_SERVER_KEY,
     CONF_ZEEK_PATH,
     DEFAULT_FEDERATION,
     DEFAULT_RETENTION_DAYS,
@@ -128,7 +130,9 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
         retention = timedelta(days=float(options.get(CONF_RETENTION_DAYS, DEFAULT_RETENTION_DAYS)))
         self.windows = WindowStore(hass, retention_days=retention.days, save_delay_s=SAVE_DELAY_S)
         self.runner = DetectorRunner(
-            hass, detector or ProcessDetector(self.windows.directory), self.windows
+            hass,
+            detector or ProcessDetector(self.windows.directory, base_model=BASE_MODEL_DIR),
+            self.windows,
         )
         self.hub = HubState()
         self.sensitivity = Sensitivity(options.get(CONF_SENSITIVITY, DEFAULT_SENSITIVITY))
@@ -172,6 +176,7 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
             allowed=lambda: self.federation_enabled and not self.hub.federation_paused,
             changed=self.async_update_listeners,
             save=self.hub_store.async_schedule_save,
+            server_key=lambda: str(entry.data.get(CONF_SERVER_KEY, "")),
         )
         self.link: NodeLink | None = None
         if self.node is not None:
@@ -250,7 +255,7 @@ class GIoTCoordinator(DataUpdateCoordinator[Mapping[str, WatchedDevice]]):
         await self._async_follow_time_zone()
         version = self.detector.model_version
         if version != self.hub.model_version:  # the saved origin was another model's
-            self.hub.model_origin = MODEL_ORIGIN_LOCAL
+            self.hub.model_origin = str(self.detector.model_info.get("origin", MODEL_ORIGIN_LOCAL))
         self.hub.model_version = version
         self.devices.resolve()
         await self.devices.async_forget_unwatched()

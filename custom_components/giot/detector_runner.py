@@ -16,7 +16,7 @@ from homeassistant.exceptions import HomeAssistantError
 from giot_engine.detector_process import DetectorError, ProcessDetector
 from giot_engine.hub_detector import HubDetector, InProcessDetector
 
-from .const import DOMAIN, LOGGER
+from .const import BASE_MODEL_DIR, DOMAIN, LOGGER
 from .store import WindowStore
 
 
@@ -69,7 +69,7 @@ class DetectorRunner:
                 raise
             LOGGER.warning("GIoT detects in Home Assistant's process instead: %s", err)
             await self.async_run(self.detector.close)
-            self.detector = InProcessDetector(self._windows.directory)
+            self.detector = InProcessDetector(self._windows.directory, BASE_MODEL_DIR)
             await self.async_run(self.detector.load_model)
         loaded = await self.async_run(self.detector.load_state_file, self._windows.detector_file)
         if loaded == "unreadable":

@@ -11,6 +11,13 @@ the update; ``evaluate`` loads the published global model (the hub scores with i
 on; per-device calibration stays) and measures it on the windows. Local training and a
 federated task never run together: both hold the training lock, and a task that finds it
 taken is answered ``skipped busy`` rather than waiting past its deadline.
+
+Once the hub knows the server's key (learnt from the node at pairing), a global model is loaded
+only with the server's signature: an ``evaluate`` task whose model is unsigned or whose
+signature does not verify (``artifact.model_message`` of its version, round and tensors) is
+refused ``invalid_model`` before the detector sees it, the repair is raised, and the hub keeps
+the model it has. Train tasks are not checked: their downlink never scores, it only starts the
+hub's own round.
 """
 
 from collections.abc import Callable, Mapping
@@ -18,10 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from homeassistant.core import callback
 from homeassistant.util import dt as dt_util
 
 from giot_engine import node_protocol
+from giot_engine.artifact import arrays_digest, model_message
 from giot_engine.detector_process import DetectorError
 from giot_engine.federated import TaskAnswer
 
@@ -52,6 +62,23 @@ def skipped(task_id: str, reason: str) -> TaskResult:
     )
 
 
+def signature_problem(key: str, body: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
+    """Say why a task's global model is not signed by the server's ``key`` ("" when it is)."""
+    config = body["config"]
+    version, signature = config.get("model-version"), config.get("model-signature")
+    if not isinstance(version, str) or not isinstance(signature, str):
+        return "unsigned"
+    try:
+        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
+        message = model_message(version, int(body["round"]), arrays_digest(arrays))
+        public.verify(bytes.fromhex(signature), message)
+    except ValueError:
+        return "unreadable signature or key"
+    except InvalidSignature:
+        return "not signed by the server's key"
+    return ""
+
+
 def task_seed(run_id: int, server_round: int) -> int:
     """Seed a round's local training: the same task trains the same way if repeated."""
     return (run_id * 1_000_003 + server_round) % 2**31
@@ -70,10 +97,12 @@ class Federation:
         allowed: Callable[[], bool],
         changed: Callable[[], None],
         save: Callable[[], None],
+        server_key: Callable[[], str] = lambda: "",
     ) -> None:
         """Work through ``runner`` on ``training``'s windows; ``allowed`` says not paused/off.
 
-        ``changed`` tells the hub entities, ``save`` schedules saving the hub state.
+        ``changed`` tells the hub entities, ``save`` schedules saving the hub state,
+        ``server_key`` gives the server's model-signing key learnt at pairing ("" for none).
         """
         self._runner = runner
         self._training = training
@@ -82,6 +111,7 @@ class Federation:
         self._allowed = allowed
         self._changed = changed
         self._save = save
+        self._server_key = server_key
         self._round: tuple[int, int] | None = None
 
     async def async_run(self, task: node_protocol.Frame) -> TaskResult:
@@ -122,6 +152,16 @@ class Federation:
         # the detector reads the run and the round from the config, as the simulation's does
         config = {**body["config"], "run-id": body["run_id"], "server-round": body["round"]}
         try:
+            if body["kind"] == "evaluate" and (key := self._server_key()):
+                why = await self._runner.async_run(signature_problem, key, body, arrays)
+                if why:
+                    LOGGER.warning(
+                        "GIoT refuses the federation's model %s of round %s: %s",
+                        config.get("model-version", "(unnamed)"),
+                        body["round"],
+                        why,
+                    )
+                    return TaskAnswer("refused", "invalid_model")
             windows = await self._training.async_training_windows()
             if body["kind"] == "train":
                 if not len(windows):

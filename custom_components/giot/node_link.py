@@ -34,7 +34,7 @@ from yarl import URL
 from giot_engine import node_protocol
 from giot_engine.node_protocol import Frame, ProtocolError
 
-from .const import DOMAIN, LOGGER, NODE_PATH, FederationStatus
+from .const import CONF_SERVER_KEY, DOMAIN, LOGGER, NODE_PATH, FederationStatus
 from .federation import Federation, TaskResult, skipped
 from .issues import HealthIssues
 from .models import HubState, NodeAddress
@@ -75,6 +75,7 @@ class NodeHello:
     protocol: int
     superlink: str
     connected: bool
+    server_key: str = ""  # the server's model-signing key (hex), "" if the node has none
 
 
 def node_url(host: str, port: int) -> URL:
@@ -157,6 +158,7 @@ async def async_handshake(channel: Channel, token: str, hub: str) -> NodeHello:
         protocol=welcome.body["protocol"],
         superlink=welcome.body["superlink"],
         connected=welcome.body["connected"],
+        server_key=welcome.body.get("server_key", ""),
     )
 
 
@@ -326,6 +328,7 @@ class NodeLink:
         if self._down_since is not None:
             LOGGER.info("The GIoT node at %s is reachable again", self.address)
         self._clear_down()
+        self._async_learn_key(hello.server_key)
         self.hello = hello
         self.node_status = {
             "superlink": hello.superlink,
@@ -335,6 +338,28 @@ class NodeLink:
         self._delay = BACKOFF_MIN_S
         self._issues.async_node_incompatible("protocol", None)
         self._set_status(FederationStatus.CONNECTED)
+
+    @callback
+    def _async_learn_key(self, key: str) -> None:
+        """Keep the server's key of an entry paired before its node had one; never replace it.
+
+        The key is learnt at pairing (config flow); a node that later names another one is
+        not followed (a new server means pairing again), so its models stay refused.
+        """
+        known = str(self._entry.data.get(CONF_SERVER_KEY, ""))
+        if not key or key == known:
+            return
+        if known:
+            LOGGER.warning(
+                "The GIoT node at %s names another server key than the one learnt at pairing; "
+                "GIoT keeps the one it knows (reconfigure GIoT to pair again)",
+                self.address,
+            )
+            return
+        LOGGER.info("GIoT learnt the server's model-signing key from its node")
+        self._hass.config_entries.async_update_entry(
+            self._entry, data={**self._entry.data, CONF_SERVER_KEY: key}
+        )
 
     @callback
     def _async_need_token(self) -> None:

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Result
 
 from fl_server.history import RoundRecorder, plain_metrics
+from fl_server.signing import Publisher
 from fl_server.validation import Limits, check_num_examples, log_rejection, validate_dense
 
 
@@ -25,6 +26,7 @@ class ValidatedMixin:
 
     limits: Limits = Limits()
     strategy_name = "fedavg"
+    publisher: Publisher | None = None  # names and signs the models sent out for evaluation
     _reference: dict[str, np.ndarray]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -60,6 +62,16 @@ class ValidatedMixin:
             evaluate_config,
             evaluate_and_record,
         )
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's evaluate messages, their config naming (and signing) the global model."""
+        if self.publisher is not None:
+            config.update(
+                self.publisher.stamp({k: a.numpy() for k, a in arrays.items()}, server_round)
+            )
+        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc,no-any-return]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -59,6 +59,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fl_server.checkpoint import Checkpoint, load_latest, prefixed, save_checkpoint, unprefixed
 from fl_server.history import RoundRecorder, plain_metrics
+from fl_server.signing import Publisher
 from fl_server.strategy.aggregate import F32, ServerAdam, SparseMean, aggregate_sparse
 from fl_server.strategy.downlink import DownlinkTracker
 from fl_server.strategy.sensing import ConditionSensor, PlannerConfig
@@ -136,6 +137,9 @@ def _nbytes(record: ArrayRecord) -> int:
 
 class GSFS(Strategy):
     """Gradient-Sensing Federated Strategy (see module docstring)."""
+
+    # names and signs each global model it sends out for evaluation (the ServerApp sets it)
+    publisher: Publisher | None = None
 
     def __init__(self, config: GSFSConfig | None = None, checkpoint_dir: str | None = None) -> None:
         self.cfg = config or GSFSConfig()
@@ -492,6 +496,10 @@ class GSFS(Strategy):
         )
         cfg = ConfigRecord(dict(config))
         cfg["server-round"] = server_round
+        if self.publisher is not None:
+            cfg.update(
+                self.publisher.stamp({k: a.numpy() for k, a in arrays.items()}, server_round)
+            )
         record = RecordDict({"arrays": arrays, "config": cfg})
         return [
             Message(
@@ -608,6 +616,13 @@ class GSFS(Strategy):
         result.arrays = arrays
         if first == 1 and evaluate_fn is not None and (res := evaluate_fn(0, arrays)) is not None:
             result.evaluate_metrics_serverapp[0] = res  # as Strategy.start: before round 1
+        if first == 1 and self.publisher is not None and self.publisher.publish_base:
+            # round 0 is the base model: the hubs online take it before round 1 (no metrics)
+            base = list(
+                self.configure_evaluate(0, arrays, ConfigRecord(dict(evaluate_config)), grid)
+            )
+            if base:
+                grid.send_and_receive(base, timeout=timeout)
         for rnd in range(first, num_rounds + 1):
             messages = list(
                 self.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid)

@@ -39,6 +39,28 @@ def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
     """Let Home Assistant load integrations from custom_components/."""
 
 
+@pytest.fixture(autouse=True)
+def untrained_first_start(request: pytest.FixtureRequest) -> Generator[None]:
+    """Start hubs without the shipped base model, unless a test asks for ``shipped_base_model``.
+
+    The tests pin down what a hub does from an untrained model (scores, versions, snapshots);
+    tests/ha/test_signed_models.py checks the first start from the base model.
+    """
+    if "shipped_base_model" in request.fixturenames:
+        yield
+        return
+    with (
+        patch("custom_components.giot.coordinator.BASE_MODEL_DIR", None),
+        patch("custom_components.giot.detector_runner.BASE_MODEL_DIR", None),
+    ):
+        yield
+
+
+@pytest.fixture
+def shipped_base_model() -> None:
+    """Let the hub start from the base model shipped in the integration (as it does)."""
+
+
 @pytest.fixture
 def snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
     """Home Assistant's snapshot extension (tests/ha/snapshots/*.ambr, HA-aware serialisers).

@@ -23,10 +23,15 @@ class FakeNode:
     """Plays the node; ``protocols`` are the versions its challenge offers."""
 
     def __init__(
-        self, token: str = TOKEN, node_id: str = NODE_ID, protocols: list[int] | None = None
+        self,
+        token: str = TOKEN,
+        node_id: str = NODE_ID,
+        protocols: list[int] | None = None,
+        server_key: str = "",
     ) -> None:
-        """Not listening until ``start``."""
+        """Not listening until ``start``; ``server_key`` (hex) goes in ``welcome`` when set."""
         self.token = token
+        self.server_key = server_key
         self.node_id = node_id
         self.protocols = protocols or [proto.PROTOCOL_VERSION]
         self.connections = 0
@@ -90,6 +95,8 @@ class FakeNode:
             "superlink": "superlink.example:9092",
             "connected": True,
         }
+        if self.server_key:
+            welcome["server_key"] = self.server_key
         await ws.send_bytes(proto.encode("welcome", welcome))
         self.ws = ws
         self.connected.set()

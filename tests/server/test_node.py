@@ -190,6 +190,7 @@ async def test_auth(link: Link) -> None:
             "protocol": 1,
             "superlink": "superlink.example:9092",
             "connected": False,
+            "server_key": "",  # no --server-key given
         }
         assert link.hub is not None
         await ws.close()

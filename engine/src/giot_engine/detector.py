@@ -637,6 +637,15 @@ class Detector:
         assert p.feats is not None
         return p.device, p.ids, p.feats
 
+    def observe_event(self, event: DeviceEvent) -> tuple[str, list[int]]:
+        """Return a training event's device and token ids, without scoring (as ``observe``)."""
+        p = self._prepare_event(event)
+        _change_state(p.st, event)
+        p.st.ids.extend(p.ids)
+        p.st.seen += 1
+        self.contexts.forget(p.device)
+        return p.device, p.ids
+
     def _habit(self, st: DeviceState, ts: float, in_minute: int) -> tuple[float, str]:
         """Score (0 = threshold) of an event against the device's hours and pace, and why.
 

@@ -125,7 +125,7 @@ def serve(spec: Mapping[str, Any]) -> None:
         os.nice(int(spec["nice"]))
     requests = Connection(int(spec["requests"]), writable=False)
     replies = Connection(int(spec["replies"]), readable=False)
-    server = _Server(replies, spec["directory"], int(spec["log_level"]))
+    server = _Server(replies, spec["directory"], int(spec["log_level"]), spec.get("base_model"))
     server.run(requests)
     os._exit(0)  # a training thread may be running: it is abandoned (its writes are atomic)
 
@@ -161,7 +161,13 @@ class _Forward(logging.Handler):
 class _Server:
     """The child's side: an ``InProcessDetector`` and the methods the parent may call."""
 
-    def __init__(self, replies: Connection, directory: str | None, log_level: int) -> None:
+    def __init__(
+        self,
+        replies: Connection,
+        directory: str | None,
+        log_level: int,
+        base_model: str | None = None,
+    ) -> None:
         self._replies = replies
         self._staged: tuple[list[tuple[str, FlowRecord]], list[tuple[str, DeviceEvent]]] = ([], [])
         self._send_lock = threading.Lock()
@@ -170,7 +176,10 @@ class _Server:
         root.handlers[:] = [_Forward(self._send)]
         root.setLevel(log_level)
         logging.captureWarnings(True)
-        self.detector = InProcessDetector(Path(directory) if directory is not None else None)
+        self.detector = InProcessDetector(
+            Path(directory) if directory is not None else None,
+            Path(base_model) if base_model is not None else None,
+        )
         # No event loop shares this interpreter: scoring need not hand the GIL over.
         self.detector.gil = GilYielder(math.inf)
         detector = self.detector
@@ -408,7 +417,7 @@ def _read(replies: Connection, calls: _Calls, proc: subprocess.Popen[bytes]) -> 
 class _Child:
     """One running detector process, its request pipe and its reader thread."""
 
-    def __init__(self, directory: Path | None, nice: int) -> None:
+    def __init__(self, directory: Path | None, nice: int, base_model: Path | None = None) -> None:
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
         spec = {
@@ -416,6 +425,7 @@ class _Child:
             "requests": request_r,
             "replies": reply_w,
             "directory": str(directory) if directory is not None else None,
+            "base_model": str(base_model) if base_model is not None else None,
             "nice": nice,
             "log_level": logging.getLogger("giot_engine").getEffectiveLevel(),
         }
@@ -474,9 +484,15 @@ class ProcessDetector:
     saving the state.
     """
 
-    def __init__(self, directory: Path | None = None, *, nice: int = NICE) -> None:
-        """Nothing starts until the first call (in the executor)."""
+    def __init__(
+        self, directory: Path | None = None, *, nice: int = NICE, base_model: Path | None = None
+    ) -> None:
+        """Nothing starts until the first call (in the executor).
+
+        ``base_model``: the base model directory the hub starts from (``ModelManager``).
+        """
         self.directory = directory
+        self.base_model = base_model
         self.nice = nice
         self._lock = threading.Lock()  # starting children and sending requests
         self._child: _Child | None = None
@@ -515,7 +531,7 @@ class ProcessDetector:
             raise DetectorError(
                 f"GIoT's detector process keeps stopping; next start in {wait:.0f} s"
             )
-        child = self._child = _Child(self.directory, self.nice)
+        child = self._child = _Child(self.directory, self.nice, self.base_model)
         if self._model_loaded or self._state_path is not None:
             LOGGER.info("GIoT's detector process started again; loading the model and state")
         if self._time_zone is not None:

@@ -294,8 +294,8 @@ class InProcessDetector:
     (``mark_normal`` lowers later scores of the same kind for that device by ``FEEDBACK_NATS`` at
     once and hands the device's recent windows back to be learnt, repeated, in local training),
     and a name for alarms the signature head leaves unnamed (many destination ports in a minute
-    is a port scan, many flows to one peer a flood) — the bundled head is untrained and names
-    nothing.
+    is a port scan, many flows to one peer a flood) — for a hub without a base model, whose
+    head is untrained and names nothing, and for families the head does not know.
     """
 
     WINDOW_TOKENS = N_POSITIONS - 1  # plus [BOS]: the model's whole context
@@ -313,12 +313,15 @@ class InProcessDetector:
     DESCRIBE_EVERY_S = 10.0
     YIELD_EVERY_S = 0.001
 
-    def __init__(self, directory: Path | None = None) -> None:
-        """Start with a fresh model; ``load_model`` (executor) reads the saved one."""
+    def __init__(self, directory: Path | None = None, base_model: Path | None = None) -> None:
+        """Start with a fresh model; ``load_model`` (executor) reads the saved one.
+
+        ``base_model``: the base model directory a hub starts from (``ModelManager``).
+        """
         self.vocab = Vocabulary.default()
         self.directory = directory
         self.models = ModelManager(
-            directory / "model" if directory is not None else None, self.vocab
+            directory / "model" if directory is not None else None, self.vocab, base_model
         )
         self._federation: HubFederation | None = None  # read from its files on first use
         self._model_lock = threading.Lock()  # one of train / federated_* at a time
@@ -351,9 +354,10 @@ class InProcessDetector:
         return self.models.info()
 
     def load_model(self) -> None:
-        """Read the saved model (executor) and let it score."""
+        """Read the saved model (executor) and let it score, with the base model's head."""
         self.models.load()
         self.engine.model = self.models.scorer
+        self.engine.signature = self.models.head
 
     def _name(self, key: str, flow: FlowRecord) -> str | None:
         """Name an alarm from the device's last minute when the signature head did not.
@@ -375,7 +379,8 @@ class InProcessDetector:
     def _verdict(
         self, key: str, engine_key: str, raw: EngineVerdict, *, warmed: bool, **kw: Any
     ) -> HubVerdict:
-        kind = raw.family or kw.pop("named", None) or "unusual"
+        named = kw.pop("named", None)  # the adapter's own name, when the head gives none
+        kind = raw.family or named or "unusual"
         score = raw.score - self._dampen.get(key, {}).get(kind, 0.0)
         alarm = raw.alarm and score >= 0
         if alarm:
@@ -730,10 +735,15 @@ class InProcessDetector:
             return problem
         server_round = int(config_number(config, "server-round", 0))
         run = config_number(config, "run-id", math.nan)
+        name = config.get("model-version")
         with self._model_lock:
             try:
                 loss = self.models.load_global(
-                    arrays, windows, server_round, None if math.isnan(run) else int(run)
+                    arrays,
+                    windows,
+                    server_round,
+                    None if math.isnan(run) else int(run),
+                    name if isinstance(name, str) and name else None,
                 )
             except OSError:  # logged where it failed
                 return self._answer("refused", "failed")

@@ -807,12 +807,15 @@ class GIoTModel:
         return nll
 
     # ----------------------------------------------------------------- persistence (HF layout)
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write config.json and model.safetensors so transformers' from_pretrained loads them."""
+    def save_pretrained(self, directory: str | os.PathLike[str], dtype: str = "F32") -> None:
+        """Write config.json and model.safetensors so transformers' from_pretrained loads them.
+
+        ``dtype`` "F16" stores the weights in half the bytes (``save_safetensors``).
+        """
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_NAME).write_text(json.dumps(self.config.to_hf_dict(), indent=2) + "\n")
-        save_safetensors(path / WEIGHTS_NAME, self.params)
+        save_safetensors(path / WEIGHTS_NAME, self.params, dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> GIoTModel:

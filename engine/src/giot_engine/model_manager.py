@@ -14,6 +14,11 @@ Training works on copies of the weights and the optimizer; they replace the live
 the whole directory was written and swapped in (temporary directory, fsync, rename), so a failed
 write (a full disk) leaves both the file and the scoring model as they were. The federation's
 global model comes in the same way (``load_global``); ``origin`` says which kind scores.
+
+A hub starts from a base model when it has none of its own: the one shipped inside the
+integration (``base``, checked against its manifest first), a GIoT model trained on public
+captures plus the known-attack head (``SignatureHead``), which the detector uses whatever model
+scores. Without a usable one it starts from a fresh model and a head that names nothing.
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from .artifact import ArtifactError, BaseModel, load_base
 from .context import Group, TokenScorer
 from .detector import BigramModel
 from .gil import yield_gil
 from .model import GIoTConfig, GIoTModel, KVCache
 from .persist import atomic_write_dir, recover_dir
+from .signature import SignatureHead
 from .tokenizer import Vocabulary
 from .train import AdamW, train_windows
 
@@ -133,9 +140,13 @@ def _mix(model: np.ndarray, bigram: np.ndarray) -> np.ndarray:
 class ModelManager:
     """Owns one entry's GIoT model and its files; every method here runs in the executor."""
 
-    def __init__(self, directory: Path | None, vocab: Vocabulary) -> None:
-        """Start from a fresh model; ``load`` reads the saved one (``directory`` None: no files)."""
+    def __init__(self, directory: Path | None, vocab: Vocabulary, base: Path | None = None) -> None:
+        """Start from a fresh model; ``load`` reads the saved one (``directory`` None: no files).
+
+        ``base``: a base model directory (``artifact``) to start from when nothing is saved.
+        """
         self.directory = directory
+        self.base_dir = base
         self.vocab = vocab
         self.config = GIoTConfig(
             vocab_size=len(vocab),
@@ -150,6 +161,8 @@ class ModelManager:
         self.model = GIoTModel.init(self.config, INIT_SEED).freeze()
         self.bigram = BigramModel(np.zeros((len(vocab), len(vocab))))
         self.scorer: TokenScorer = self.bigram
+        # the known-attack stage: the base model's, until a model brings another
+        self.head = SignatureHead.untrained()
         self.last: TrainResult | None = None
         self.write_errors = 0
         self.disk_full = False
@@ -162,8 +175,10 @@ class ModelManager:
         """Name the weights: giot-<n> after n changes (local trainings and global models loaded).
 
         A global model of the federation is giot-<n>-global-<round>; one dropped in by hand
-        (no giot.json) giot-global.
+        (no giot.json) giot-global; a base model scores under its own name (base-<weights hash>).
         """
+        if self.meta.get("source") == "base":
+            return str(self.meta.get("base") or "giot-base")
         version = int(self.meta.get("version", 0))
         global_round = self.meta.get("round") if self.meta.get("source") == "global" else None
         if version:
@@ -176,7 +191,9 @@ class ModelManager:
 
     @property
     def origin(self) -> str:
-        """Where the weights come from: "local", or "global round N" (the federation's)."""
+        """Where the weights come from: "local", "base", or "global round N" (the federation's)."""
+        if self.meta.get("source") == "base":
+            return "base"
         if self.meta.get("source") != "global":
             return "local"
         global_round = self.meta.get("round")
@@ -203,6 +220,11 @@ class ModelManager:
                 "vocab_size": self.config.vocab_size,
             },
             "trained_windows": int(self.meta.get("trained_windows", 0)),
+            # what this model grew from, and the federation's name for the last global model
+            "base": self.meta.get("base"),
+            "global_version": self.meta.get("global_version"),
+            "previous_version": self.meta.get("previous"),
+            "signature_head": "trained" if self.head.trained else "untrained",
             "optimizer_steps": self.optimizer.step_count,
             "last_loss": self.meta.get("loss"),
             "last_bigram_loss": self.meta.get("bigram_loss"),
@@ -216,13 +238,51 @@ class ModelManager:
     # -- files ----------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read the saved model; a missing or unreadable one leaves the fresh model in place."""
+        """Read the saved model, else the base model; with neither, the fresh model stays.
+
+        The base model's head detects known attacks whichever model scores.
+        """
         limit_blas_threads()
-        if self.directory is None:
+        base = self._read_base()
+        if base is not None:
+            self.head = base.head
+        if self._load_saved() or base is None:
             return
+        if base.model.config != self.config:  # a global model of the hub's size would not fit
+            LOGGER.warning(
+                "GIoT's base model %s is not of the hub's size (%s): only its head is used",
+                base.version,
+                base.model.config,
+            )
+            return
+        self.optimizer = AdamW(lr=LEARNING_RATE)
+        self.meta = {
+            "version": 0,
+            "source": "base",
+            "base": base.version,
+            "trained_windows": 0,
+            "use_model": True,  # trained on public captures: it predicts better than no counts
+            "vocab": self.vocab.version,
+        }
+        self._use(base.model, self.bigram, use_model=True)
+
+    def _read_base(self) -> BaseModel | None:
+        """Return the checked base model; None (logged) when there is none or it fails a check."""
+        if self.base_dir is None:
+            return None
+        try:
+            return load_base(self.base_dir, self.vocab)
+        except ArtifactError as err:
+            LOGGER.warning("GIoT does not use its base model: %s", err)
+            return None
+
+    def _load_saved(self) -> bool:
+        """Read the model this hub saved; False when there is none or it is unreadable."""
+        if self.directory is None:
+            return False
         recover_dir(self.directory)
         if not (self.directory / "config.json").is_file():
-            return
+            return False
         try:
             model = GIoTModel.from_pretrained(self.directory)
             if model.config.vocab_size != len(self.vocab):
@@ -247,10 +307,11 @@ class ModelManager:
             if counts.shape != (len(self.vocab), len(self.vocab)):
                 raise ValueError(f"bigram counts of shape {counts.shape}")
         except (OSError, ValueError, KeyError) as err:
-            LOGGER.warning("Starting from a fresh GIoT model: the saved one is unreadable: %s", err)
-            return
+            LOGGER.warning("GIoT does not use its saved model, which is unreadable: %s", err)
+            return False
         self.config, self.optimizer, self.meta = model.config, optimizer, meta
         self._use(model, BigramModel(counts), use_model=bool(meta.get("use_model", False)))
+        return True
 
     def _use(self, model: GIoTModel, bigram: BigramModel, *, use_model: bool) -> None:
         """Score with the blend once the model predicts better than the counts, else the counts."""
@@ -313,6 +374,7 @@ class ModelManager:
             "loss": round(loss_after, 4),
             "bigram_loss": round(bigram_loss, 4),
             "vocab": self.vocab.version,
+            "base": self.meta.get("base"),
         }
         try:
             self._write(model, optimizer, bigram.counts, meta)
@@ -340,6 +402,7 @@ class ModelManager:
         windows: np.ndarray,
         server_round: int,
         run_id: int | None = None,
+        global_version: str | None = None,
     ) -> float:
         """Save the federation's model of ``server_round``, then let it score; return its loss.
 
@@ -349,6 +412,8 @@ class ModelManager:
         training, decided afresh for the new weights. The optimizer starts afresh too (its
         moments belong to the old weights). Raises ``OSError`` when the files could not be
         written; nothing changes then. Returns the model's mean NLL per token on those windows.
+        ``global_version`` is the server's name for the model; it is kept with the version it
+        replaced (what changed, for diagnostics).
         """
         model = GIoTModel(self.config, {k: np.array(v, np.float32) for k, v in params.items()})
         held = eval_windows(windows)
@@ -367,6 +432,9 @@ class ModelManager:
             "source": "global",
             "round": int(server_round),
             "run_id": run_id,
+            "base": self.meta.get("base"),
+            "global_version": global_version,
+            "previous": self.version,
         }
         optimizer = AdamW(lr=LEARNING_RATE)
         try:

@@ -19,7 +19,8 @@ Conversation (node N, integration H)::
 
     H connects.  N -> H  challenge {node_id, nonce, protocols, node_version}
                  H -> N  auth      {proof = HMAC-SHA256(token, nonce) hex, protocol, hub}
-                 N -> H  welcome   {node_id, protocol, superlink, connected}   (or error bad_token)
+                 N -> H  welcome   {node_id, protocol, superlink, connected, server_key}
+                                   (or error bad_token)
     each round:  N -> H  task      {task_id, kind: train|evaluate, run_id, round, deadline_s,
                                     config}
                  H -> N  result    {task_id, status: ok|skipped|refused, reason, metrics} + arrays
@@ -28,6 +29,9 @@ Conversation (node N, integration H)::
 
 The pairing token never crosses the link: the node proves nothing and the integration proves it
 knows the token by answering the challenge (a replayed proof is useless against a fresh nonce).
+``server_key`` is the aggregation server's Ed25519 public key (64 hex digits, "" when the node
+was given none): the integration learns it at pairing and checks every global model's signature
+with it (``artifact.model_message``).
 """
 
 from __future__ import annotations
@@ -147,6 +151,11 @@ def _is_config_value(value: object) -> bool:
     return _is_bool(value) or _is_number(value) or _is_str(value)
 
 
+def _is_key(value: object) -> bool:
+    """Accept an Ed25519 public key (32 bytes as hex), or "" for none."""
+    return value == "" or (isinstance(value, str) and len(value) == 64 and _is_hex(value))
+
+
 def _is_hex(value: object) -> bool:
     if not isinstance(value, str) or not 16 <= len(value) <= 256:
         return False
@@ -157,8 +166,8 @@ def _is_hex(value: object) -> bool:
     return True
 
 
-# kind -> field -> check. Every field is required and no other field is allowed: a frame the
-# receiver only half understands is refused whole.
+# kind -> field -> check. Every field is required (but those in ``OPTIONAL``) and no other field
+# is allowed: a frame the receiver only half understands is refused whole.
 SCHEMA: dict[str, dict[str, Callable[[object], bool]]] = {
     "challenge": {
         "node_id": _is_str,
@@ -172,6 +181,7 @@ SCHEMA: dict[str, dict[str, Callable[[object], bool]]] = {
         "protocol": _is_int,
         "superlink": _is_str,
         "connected": _is_bool,
+        "server_key": _is_key,
     },
     "task": {
         "task_id": _is_str,
@@ -190,6 +200,9 @@ SCHEMA: dict[str, dict[str, Callable[[object], bool]]] = {
     "status": {"superlink": _is_str, "connected": _is_bool, "last_round": _is_int},
     "error": {"reason": _is_reason, "detail": _is_str, "in_reply_to": _is_opt_str},
 }
+# Fields added after protocol 1 was deployed, with the value their absence means: a peer older
+# than them leaves them out (present, they are checked like any other).
+OPTIONAL: dict[str, dict[str, Any]] = {"welcome": {"server_key": ""}}
 # Kinds that may carry arrays.
 WITH_ARRAYS = frozenset({"task", "result"})
 
@@ -208,11 +221,12 @@ def check_body(kind: str, body: Mapping[str, Any]) -> None:
     fields = SCHEMA.get(kind)
     if fields is None:
         raise ProtocolError("bad_schema", f"unknown kind {kind!r}")
-    if set(body) != set(fields):
-        missing, extra = sorted(set(fields) - set(body)), sorted(set(body) - set(fields))
+    required = set(fields) - set(OPTIONAL.get(kind, {}))
+    if not required <= set(body) <= set(fields):
+        missing, extra = sorted(required - set(body)), sorted(set(body) - set(fields))
         raise ProtocolError("bad_schema", f"{kind}: missing {missing}, unknown {extra}")
     for name, check in fields.items():
-        if not check(body[name]):
+        if name in body and not check(body[name]):
             raise ProtocolError("bad_schema", f"{kind}.{name}: {body[name]!r:.80}")
 
 

@@ -23,14 +23,20 @@ def save_safetensors(
     path: str | os.PathLike[str],
     tensors: Mapping[str, np.ndarray],
     metadata: Mapping[str, str] | None = None,
+    dtype: str = "F32",
 ) -> None:
-    """Write every tensor as float32: the engine computes in float32, so that is all it stores."""
+    """Write every tensor as float32 (the engine computes in float32) or, asked, float16.
+
+    Float16 halves a model that ships inside the integration (``F16``); it loads as float32.
+    """
+    if dtype not in ("F32", "F16"):
+        raise ValueError(f"cannot write {dtype}")
     header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
     blobs, offset = [], 0
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name], dtype="<f4")
+        arr = np.ascontiguousarray(tensors[name], dtype=_DTYPES[dtype])
         header[name] = {
-            "dtype": "F32",
+            "dtype": dtype,
             "shape": list(arr.shape),
             "data_offsets": [offset, offset + arr.nbytes],
         }

@@ -384,11 +384,21 @@ class SignatureHead:
         """Inverse of ``to_dict``."""
         if list(d["families"]) != list(FAMILIES):  # type: ignore[call-overload]
             raise ValueError("signature head was trained for other families")
-        return cls(
+        if "features" in d and list(d["features"]) != list(FEATURE_NAMES):  # type: ignore[call-overload]
+            raise ValueError("signature head was trained on other features")
+        head = cls(
             np.asarray(d["weights"], dtype=np.float64),
             np.asarray(d["mean"], dtype=np.float64),
             np.asarray(d["scale"], dtype=np.float64),
         )
+        k, f = len(FAMILIES), len(FEATURE_NAMES)
+        if head.weights.shape != (f + 1, k) or head.mean.shape != (f,) or head.scale.shape != (f,):
+            raise ValueError("signature head of the wrong shape")
+        if not (np.isfinite(head.weights).all() and np.isfinite(head.mean).all()):
+            raise ValueError("signature head with non-finite values")
+        if not (np.isfinite(head.scale).all() and (head.scale > 0).all()):
+            raise ValueError("signature head with a scale that is not positive")
+        return head
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
