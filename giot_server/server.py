@@ -437,6 +437,12 @@ class Server:
 
 
 def _raise_stopped(signum: int, frame: types.FrameType | None) -> None:
+    """Stop once: a second signal (a group kill reaches this process too) must not interrupt.
+
+    The clean stop the first signal started goes on undisturbed.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     raise Stopped(signum)
 
 

@@ -322,22 +322,13 @@ class GSFS(Strategy):
         """Sense one reply and validate it; the decoded update and its weight if it counts."""
         node = msg.metadata.src_node_id
         sent = self._sent.get(node)
-        if msg.has_error():
-            self._reject(node, f"error reply: {msg.error.reason}")
-            self.sensor.observe_miss(node)
+        if (unusable := _unusable_reply(msg)) is not None:
+            self._reject(node, unusable)
+            if msg.has_error():
+                self.sensor.observe_miss(node)
             self.downlink.forget(node)
             return None
         content = msg.content
-        declined = [m for m in content.metric_records.values() if m.get("skipped") == 1]
-        if declined and not content.array_records:
-            # a GIoT node whose hub had no data, was paused, busy, or away (giot_node.clientapp)
-            self._reject(node, "node skipped the round")
-            self.downlink.forget(node)
-            return None
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            self._reject(node, "expected one ArrayRecord and one MetricRecord")
-            self.downlink.forget(node)
-            return None
         metrics = next(iter(content.metric_records.values()))
         record = next(iter(content.array_records.values()))
         try:
@@ -649,6 +640,20 @@ class GSFS(Strategy):
         for line in io.StringIO(str(result)):
             LOG.info("%s", line.rstrip("\n"))
         return result
+
+
+def _unusable_reply(msg: Message) -> str | None:
+    """Why a reply carries no update to look at, or None when it has one record of each."""
+    if msg.has_error():
+        return f"error reply: {msg.error.reason}"
+    content = msg.content
+    declined = [m for m in content.metric_records.values() if m.get("skipped") == 1]
+    if declined and not content.array_records:
+        # a GIoT node whose hub had no data, was paused, busy, or away (giot_node.clientapp)
+        return "node skipped the round"
+    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        return "expected one ArrayRecord and one MetricRecord"
+    return None
 
 
 def _nbytes_payload(payload: Mapping[str, np.ndarray]) -> int:

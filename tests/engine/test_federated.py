@@ -284,6 +284,8 @@ def _hostile(name: str, good: Params) -> Params:
         bad[first] = np.full(64, np.inf, np.float32)
     elif name == "overflows_float32":
         bad[first] = np.full(64, 1e300, np.float64)
+    elif name == "huge_but_finite":  # overflows in the first forward pass: NaN scores
+        bad = {k: v * np.float32(1e20) for k, v in good.items()}
     elif name == "too_large":
         bad["lm_head.weight"] = np.ones((2048, 1024), np.float32)
     elif name == "object":
@@ -300,6 +302,7 @@ HOSTILE = {
     "nan": "invalid_model",
     "inf": "invalid_model",
     "overflows_float32": "invalid_model",
+    "huge_but_finite": "invalid_model",
     "too_large": "invalid_model",
     "object": "incompatible_model",
     "int": "incompatible_model",

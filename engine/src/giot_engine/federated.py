@@ -181,6 +181,11 @@ def model_bytes_limit(shapes: Mapping[str, tuple[int, ...]]) -> int:
     return 8 * sum(int(np.prod(s, dtype=np.int64)) for s in shapes.values())
 
 
+# No weight of a working GIoT model comes near this (GPT-2 layout: embeddings ~0.02, LayerNorm
+# gains ~1); a finite model scaled past it overflows in the first forward pass and scores NaN.
+MAX_WEIGHT = 1e4
+
+
 def _problem(
     arrays: Mapping[str, object],
     shapes: Mapping[str, tuple[int, ...]],
@@ -200,9 +205,12 @@ def _problem(
             return "incompatible_model", f"{name}: shape {a.shape}, expected {shapes[name]}"
     for name, a in arrays.items():
         with np.errstate(over="ignore"):
-            finite = bool(np.all(np.isfinite(np.asarray(a, np.float32))))
+            values = np.asarray(a, np.float32)
+            finite = bool(np.all(np.isfinite(values)))
         if not finite:
             return "invalid_model", f"{name}: not finite (in float32)"
+        if values.size and float(np.max(np.abs(values))) > MAX_WEIGHT:
+            return "invalid_model", f"{name}: a weight beyond +-{MAX_WEIGHT:g}"
     return None
 
 
@@ -216,7 +224,8 @@ def validate_global(
     """None if ``arrays`` can be the hub's model, else why not (a ``node_protocol.REASONS``).
 
     Exactly the hub model's tensor names and shapes (``partial``: a subset, a downlink), of a
-    float dtype (cast to float32 on use), finite in float32, ``max_bytes`` in all:
+    float dtype (cast to float32 on use), finite in float32, no weight beyond ``MAX_WEIGHT``,
+    ``max_bytes`` in all:
     "incompatible_model" for what does not fit, "invalid_model" for what is broken or too big.
     """
     problem = _problem(arrays, expected_shapes, max_bytes, partial)

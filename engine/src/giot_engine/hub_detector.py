@@ -747,6 +747,9 @@ class InProcessDetector:
                 )
             except OSError:  # logged where it failed
                 return self._answer("refused", "failed")
+            except ValueError as err:
+                LOGGER.warning("GIoT refuses the federation's model: %s", err)
+                return self._answer("refused", "invalid_model")
             self.engine.model = self.models.scorer
             with suppress(OSError):  # logged; the next round starts from the copy held before
                 self.federation.adopt(self.models.model.params, config)

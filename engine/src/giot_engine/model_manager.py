@@ -411,7 +411,9 @@ class ModelManager:
         windows (``eval_windows`` of ``windows``) better than they do: the rule after local
         training, decided afresh for the new weights. The optimizer starts afresh too (its
         moments belong to the old weights). Raises ``OSError`` when the files could not be
-        written; nothing changes then. Returns the model's mean NLL per token on those windows.
+        written, ``ValueError`` when the model scores this home's windows as NaN or infinite
+        (a broken model); nothing changes then. Returns the model's mean NLL per token on those
+        windows.
         ``global_version`` is the server's name for the model; it is kept with the version it
         replaced (what changed, for diagnostics).
         """
@@ -422,6 +424,8 @@ class ModelManager:
             bigram_loss = float(self.bigram.token_nll(held).mean())
         else:  # a new hub: its bigram has learnt nothing either, the federation's model scores
             loss, bigram_loss = math.nan, math.inf
+        if len(held) and not math.isfinite(loss):
+            raise ValueError(f"the model's loss on this home's windows is {loss}")
         meta = {
             "version": int(self.meta.get("version", 0)) + 1,
             "trained_windows": int(self.meta.get("trained_windows", 0)),
