@@ -204,13 +204,20 @@ def _problem(
         if a.shape != tuple(shapes[name]):
             return "incompatible_model", f"{name}: shape {a.shape}, expected {shapes[name]}"
     for name, a in arrays.items():
-        with np.errstate(over="ignore"):
-            values = np.asarray(a, np.float32)
-            finite = bool(np.all(np.isfinite(values)))
-        if not finite:
-            return "invalid_model", f"{name}: not finite (in float32)"
-        if values.size and float(np.max(np.abs(values))) > MAX_WEIGHT:
-            return "invalid_model", f"{name}: a weight beyond +-{MAX_WEIGHT:g}"
+        if (broken := _broken(name, a)) is not None:
+            return "invalid_model", broken
+    return None
+
+
+def _broken(name: str, a: object) -> str | None:
+    """Why a float tensor cannot be a working model's: not finite, or absurdly large."""
+    with np.errstate(over="ignore"):
+        values = np.asarray(a, np.float32)
+        finite = bool(np.all(np.isfinite(values)))
+    if not finite:
+        return f"{name}: not finite (in float32)"
+    if values.size and float(np.max(np.abs(values))) > MAX_WEIGHT:
+        return f"{name}: a weight beyond +-{MAX_WEIGHT:g}"
     return None
 
 
