@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -57,6 +58,12 @@ log = logging.getLogger(__name__)
 BIN = Path(sys.executable).parent  # the server venv: flwr, flower-superlink, flwr-serverapp ...
 CONNECTION = "giot-server"
 WILDCARD = {"0.0.0.0", "::", ""}
+
+
+def _not_overridden(defaults: list[str], overrides: list[str]) -> list[str]:
+    """Keep the ``key=value`` defaults whose key no override sets (Flower refuses a key twice)."""
+    given = {part.split("=", 1)[0] for item in overrides for part in shlex.split(item)}
+    return [item for item in defaults if item.split("=", 1)[0] not in given]
 
 
 def hub_model_run_config() -> list[str]:
@@ -309,9 +316,10 @@ class Server:
         stage_app(app, staged)
         config = [
             f"checkpoint-dir={_toml_str(str(self.home.checkpoints))}",
-            *hub_model_run_config(),
-            *self.signing_run_config(),
-            *self.opts.run_config,  # later keys win: a run may still choose another model
+            *_not_overridden(
+                [*hub_model_run_config(), *self.signing_run_config()], self.opts.run_config
+            ),
+            *self.opts.run_config,  # a run may still choose another model
         ]
         cmd = [str(BIN / "flwr"), "run", str(staged), CONNECTION, "--stream"]
         cmd += ["--run-config", " ".join(config)]
