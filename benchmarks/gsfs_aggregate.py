@@ -42,20 +42,30 @@ from giot_engine.tokenizer import Vocabulary
 
 
 def build_replies(
-    params: dict[str, np.ndarray], nodes: int, budget: int, seed: int
+    params: dict[str, np.ndarray], nodes: int, budget: int, seed: int, distinct: int = 0
 ) -> list[Message]:
-    """One valid GSFS reply per node, as the ClientApp would send it."""
+    """One valid GSFS reply per node, as the ClientApp would send it.
+
+    ``distinct`` > 0 encodes only that many random updates and hands them out in turn (node ``i``
+    sends payload ``i % distinct``): encoding is the slow part of building 10,000 replies of a
+    large model, and the server's cost per reply does not depend on the values.
+    """
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 0
     rng = np.random.default_rng(seed)
+    shapes = {k: v.shape for k, v in params.items()}
+    wires: list[dict[str, np.ndarray]] = []
     out = []
     for node in range(1, nodes + 1):
-        update = {
-            k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in params.items()
-        }
-        enc = gsfs_codec.encode(update, params, budget)
-        wire = gsfs_codec.pack(enc.payload, {k: v.shape for k, v in params.items()})
+        if distinct <= 0 or len(wires) < distinct:
+            update = {
+                k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32)
+                for k, v in params.items()
+            }
+            enc = gsfs_codec.encode(update, params, budget)
+            wires.append(gsfs_codec.pack(enc.payload, shapes))
+        wire = wires[(node - 1) % distinct] if distinct > 0 else wires[-1]
         instruction = Message(
             RecordDict({"config": ConfigRecord({"server-round": 1})}),
             dst_node_id=node,
@@ -84,6 +94,15 @@ def build_replies(
     return out
 
 
+def fresh_strategy(params: dict[str, np.ndarray], nodes: int, budget: int) -> GSFS:
+    """Return a GSFS server that has just asked nodes ``1..nodes`` for a round at ``budget`` B."""
+    strategy = GSFS(GSFSConfig(server_opt="sgd", server_lr=1.0, planner=PlannerConfig()))
+    strategy.global_arrays = {k: v.copy() for k, v in params.items()}
+    strategy._sent = {n: _Sent(0.0, 0, 5, budget, n) for n in range(1, nodes + 1)}
+    strategy.downlink.pending = {}
+    return strategy
+
+
 def main(argv: list[str] | None = None) -> None:
     """Time the aggregation and write the report."""
     argv = sys.argv[1:] if argv is None else argv
@@ -108,10 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     up = sum(len(a.data) for m in replies for a in m.content.array_records["arrays"].values())
     times, peaks = [], []
     for _ in range(args.repeats):
-        strategy = GSFS(GSFSConfig(server_opt="sgd", server_lr=1.0, planner=PlannerConfig()))
-        strategy.global_arrays = {k: v.copy() for k, v in params.items()}
-        strategy._sent = {n: _Sent(0.0, 0, 5, budget, n) for n in range(1, args.nodes + 1)}
-        strategy.downlink.pending = {}
+        strategy = fresh_strategy(params, args.nodes, budget)
         tracemalloc.start()
         t0 = time.perf_counter()
         new, metrics = strategy.aggregate_train(1, replies)
@@ -122,9 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         assert metrics is not None
         assert metrics["accepted"] == args.nodes
     # tracemalloc slows allocation-heavy code: time once more without it.
-    strategy = GSFS(GSFSConfig(server_opt="sgd", server_lr=1.0))
-    strategy.global_arrays = {k: v.copy() for k, v in params.items()}
-    strategy._sent = {n: _Sent(0.0, 0, 5, budget, n) for n in range(1, args.nodes + 1)}
+    strategy = fresh_strategy(params, args.nodes, budget)
     t0, c0 = time.perf_counter(), time.process_time()
     strategy.aggregate_train(1, replies)
     plain, cpu = time.perf_counter() - t0, time.process_time() - c0
